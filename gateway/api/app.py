@@ -1,0 +1,67 @@
+"""create_app: the FastAPI application around one :class:`Gateway`, and the error boundary.
+
+Every error leaves as OpenAI's ``{"error": {...}}`` shape with a 4xx/5xx status; nothing leaks a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from gateway.api import openai_routes, ops_routes
+from gateway.api.headers import gateway_headers
+from gateway.api.openai_routes import ProxiedError
+from gateway.runtime import Gateway
+from gateway.wire import error_body
+
+log = logging.getLogger("gateway")
+
+
+def create_app(gateway: Gateway) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    app = FastAPI(title="llm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
+    app.include_router(openai_routes.router)
+    app.include_router(ops_routes.router)
+    app.add_exception_handler(ProxiedError, _proxied_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    return app
+
+
+async def _proxied_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxiedError)
+    return JSONResponse(exc.error.body(), status_code=exc.error.status, headers=gateway_headers(exc.ctx))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        body = error_body(f"unknown path {request.url.path}", "invalid_request_error", code="not_found")
+    elif exc.status_code == 405:
+        body = error_body(
+            f"method {request.method} is not allowed on {request.url.path}",
+            "invalid_request_error",
+            code="method_not_allowed",
+        )
+    else:
+        body = error_body(str(exc.detail), "invalid_request_error", code=exc.status_code)
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("internal gateway error", "server_error", code="internal_error"), status_code=500)

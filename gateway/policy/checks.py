@@ -1,0 +1,156 @@
+"""Phase two of loading: cross-references between policy sections.
+
+The schema checks each value on its own; these checks need the whole policy (a route naming a model, exactly one
+default cohort, fallback chains without repeats). Each problem is reported with its path so the loader can attach
+the YAML position, and misspelled names get a did-you-mean.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Iterator
+
+from gateway.policy.schema import SOURCES, Match, PolicySpec, RouteSpec
+from gateway.policy.yamlpos import Path
+
+Problem = tuple[Path, str]
+
+_BACKEND = re.compile(r"^(https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/[^\s]*)?|sim://[A-Za-z0-9_.\-]+)$")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+    return f"unknown {kind} '{name}'{did_you_mean(name, known)}"
+
+
+def check_policy(policy: PolicySpec) -> list[Problem]:
+    return [*_check_models(policy), *_check_cohorts(policy), *_check_routes(policy), *_check_gates(policy)]
+
+
+def _check_models(policy: PolicySpec) -> Iterator[Problem]:
+    models = policy.models
+    if SOURCES in models:
+        yield ("models", SOURCES), f"'{SOURCES}' is reserved (it stands for a merged model's sources in fallbacks)"
+    for name, spec in models.items():
+        for i, url in enumerate(spec.backends):
+            if not _BACKEND.match(url):
+                yield ("models", name, "backends", i), f"'{url}' is not http(s)://host:port or sim://NAME"
+        if spec.kind == "merged" and not spec.sources:
+            yield ("models", name, "kind"), "a merged model must list the 'sources' it was merged from"
+        if spec.sources and spec.kind not in ("merged", "candidate"):
+            yield ("models", name, "sources"), f"only merged or candidate models have sources, not {spec.kind}"
+        for i, source in enumerate(spec.sources):
+            if source not in models:
+                yield ("models", name, "sources", i), _unknown("model", source, models)
+            elif source == name:
+                yield ("models", name, "sources", i), "a model cannot be its own source"
+    for i, public in enumerate(policy.public_models):
+        if public in models:
+            yield ("public_models", i), f"'{public}' is also a registry model name; public names must differ"
+    if len(set(policy.public_models)) != len(policy.public_models):
+        yield ("public_models",), "duplicate public model names"
+
+
+def _check_cohorts(policy: PolicySpec) -> Iterator[Problem]:
+    seen: set[str] = set()
+    defaults = []
+    for i, cohort in enumerate(policy.cohorts):
+        if cohort.name in seen:
+            yield ("cohorts", i, "name"), f"duplicate cohort '{cohort.name}'"
+        seen.add(cohort.name)
+        if cohort.default:
+            defaults.append(i)
+        if cohort.match is not None:
+            yield from _check_match(cohort.match, ("cohorts", i, "match"), policy)
+    if not defaults:
+        yield ("cohorts",), "exactly one cohort must be 'default: true' (it takes every unmatched request)"
+    for extra in defaults[1:]:
+        yield ("cohorts", extra, "default"), "only one cohort may be the default"
+    if defaults and policy.cohorts[defaults[0]].name not in policy.routes:
+        name = policy.cohorts[defaults[0]].name
+        yield ("routes",), f"the default cohort '{name}' needs a route (cohorts without one use it)"
+
+
+def _check_match(match: Match, path: Path, policy: PolicySpec) -> Iterator[Problem]:
+    if match.content is not None:
+        try:
+            re.compile(match.content)
+        except re.error as exc:
+            yield (*path, "content"), f"invalid regex: {exc}"
+    if match.header:
+        for name in match.header:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+                yield (*path, "header", name), f"'{name}' is not a valid header name"
+    if match.model is not None:
+        known = set(policy.models) | set(policy.public_models)
+        names = [match.model] if isinstance(match.model, str) else match.model
+        for name in names:
+            if name not in known:
+                yield (*path, "model"), _unknown("model", name, known)
+    if (
+        match.min_prompt_chars is not None
+        and match.max_prompt_chars is not None
+        and match.min_prompt_chars > match.max_prompt_chars
+    ):
+        yield (*path, "min_prompt_chars"), "min_prompt_chars is greater than max_prompt_chars"
+    for key, children in (("any", match.any), ("all", match.all)):
+        for i, child in enumerate(children or ()):
+            yield from _check_match(child, (*path, key, i), policy)
+    if match.not_ is not None:
+        yield from _check_match(match.not_, (*path, "not"), policy)
+
+
+def _check_routes(policy: PolicySpec) -> Iterator[Problem]:
+    cohorts = [c.name for c in policy.cohorts]
+    models = policy.models
+    for key, route in policy.routes.items():
+        here: Path = ("routes", key)
+        if key not in cohorts:
+            yield here, _unknown("cohort", key, cohorts)
+        primaries = [route.target] if route.target is not None else list(route.split or {})
+        for arm in primaries:
+            field = ("target",) if route.target is not None else ("split", arm)
+            if arm not in models:
+                yield (*here, *field), _unknown("model", arm, models)
+        yield from _check_fallback(policy, route, primaries, here)
+        if route.mirror is not None:
+            for i, name in enumerate(route.mirror.to):
+                if name not in models:
+                    yield (*here, "mirror", "to", i), _unknown("model", name, models)
+
+
+def _check_fallback(policy: PolicySpec, route: RouteSpec, primaries: list[str], here: Path) -> Iterator[Problem]:
+    chain: list[str] = list(primaries)
+    for i, entry in enumerate(route.fallback_entries):
+        path: Path = (*here, "fallback") if isinstance(route.fallback, str) else (*here, "fallback", i)
+        if entry == SOURCES:
+            sources = [s for arm in primaries if arm in policy.models for s in policy.models[arm].sources]
+            if not sources:
+                yield path, "'sources' needs a merged or candidate target that lists its sources"
+            expanded = sources
+        elif entry not in policy.models:
+            yield path, _unknown("model", entry, policy.models)
+            continue
+        else:
+            expanded = [entry]
+        for name in expanded:
+            if name in chain:
+                yield path, f"'{name}' already appears earlier in this route (a fallback cycle)"
+            else:
+                chain.append(name)
+
+
+def _check_gates(policy: PolicySpec) -> Iterator[Problem]:
+    cohorts = [c.name for c in policy.cohorts]
+    for g, gate in enumerate(policy.evals.gates):
+        for i, model in enumerate(gate.models):
+            if model not in policy.models:
+                yield ("evals", "gates", g, "models", i), _unknown("model", model, policy.models)
+        for i, cohort in enumerate(gate.cohorts):
+            if cohort not in cohorts:
+                yield ("evals", "gates", g, "cohorts", i), _unknown("cohort", cohort, cohorts)

@@ -1,0 +1,196 @@
+"""The routing policy, as strict typed models (DESIGN.md section 4).
+
+Phase one of loading: shapes and ranges. Unknown keys are rejected (``extra="forbid"``) so a typo never passes
+silently, and every model is frozen because a loaded policy is an immutable snapshot. Cross-references between
+sections (a route naming a model, say) are checked afterwards in :mod:`gateway.policy.checks`, where the YAML
+positions are at hand.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SOURCES = "sources"
+"""The reserved fallback entry that expands to the merged model's source models."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
+PositiveInt = Annotated[int, Field(gt=0)]
+Scalar = str | int | float | bool
+ValueMatch = Scalar | list[Scalar]
+NameOrNames = str | list[str]
+
+
+class ModelSpec(Strict):
+    """One model of the registry: a name the gateway knows and the vLLM replicas that serve it."""
+
+    kind: Literal["base", "source", "merged", "candidate"]
+    backends: list[str] = Field(min_length=1, description="vLLM base URLs (http://host:port) or sim://NAME")
+    served_name: str | None = Field(
+        default=None, description="the name vLLM serves it under; defaults to the registry name"
+    )
+    sources: list[str] = Field(default_factory=list, description="models a merged checkpoint was merged from")
+    max_context: PositiveInt | None = Field(default=None, description="context window in tokens")
+    description: str | None = None
+
+
+class Match(Strict):
+    """Conditions on a request. Keys in one mapping must all hold; use ``any``/``all``/``not`` to combine."""
+
+    header: dict[str, ValueMatch] | None = None
+    metadata: dict[str, ValueMatch] | None = None
+    user: NameOrNames | None = None
+    api_key: NameOrNames | None = None
+    model: NameOrNames | None = None
+    content: str | None = Field(default=None, description="regex searched in the user messages' text")
+    has_tools: bool | None = None
+    response_format: (
+        Literal["json_object", "json_schema", "text"] | list[Literal["json_object", "json_schema", "text"]] | None
+    ) = None
+    min_prompt_chars: Annotated[int, Field(ge=0)] | None = None
+    max_prompt_chars: Annotated[int, Field(ge=0)] | None = None
+    any: list[Match] | None = Field(default=None, min_length=1)
+    all: list[Match] | None = Field(default=None, min_length=1)
+    not_: Match | None = Field(default=None, alias="not")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Match:
+        if not self.model_fields_set:
+            raise ValueError("a match needs at least one condition")
+        return self
+
+
+class CohortSpec(Strict):
+    """A named slice of traffic. Cohorts are tried in order; the first whose ``match`` holds wins."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    match: Match | None = None
+    default: bool = False
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _match_or_default(self) -> CohortSpec:
+        if self.default and self.match is not None:
+            raise ValueError("the default cohort takes every request no other cohort matched; drop its 'match'")
+        if not self.default and self.match is None:
+            raise ValueError("a cohort needs a 'match' (or 'default: true')")
+        return self
+
+
+class MirrorSpec(Strict):
+    """Shadow copies of a sampled share of the route's traffic, sent to candidate models."""
+
+    to: list[str] = Field(min_length=1)
+    sample: Fraction = 0.1
+    max_inflight: PositiveInt = 32
+    timeout_s: PositiveFloat = 30.0
+
+
+class RouteSpec(Strict):
+    """Where a cohort's requests go: one ``target`` or a weighted ``split``, then the ``fallback`` chain."""
+
+    target: str | None = None
+    split: dict[str, Annotated[float, Field(gt=0.0)]] | None = Field(default=None, min_length=1)
+    sticky: Literal["user"] | None = None
+    fallback: list[str] | Literal["sources"] = Field(default_factory=list)
+    mirror: MirrorSpec | None = None
+
+    @model_validator(mode="after")
+    def _target_xor_split(self) -> RouteSpec:
+        if (self.target is None) == (self.split is None):
+            raise ValueError("a route needs exactly one of 'target' or 'split'")
+        if self.sticky is not None and self.split is None:
+            raise ValueError("'sticky' only applies to a 'split'")
+        return self
+
+    @property
+    def fallback_entries(self) -> list[str]:
+        return [SOURCES] if isinstance(self.fallback, str) else list(self.fallback)
+
+
+class BreakerSpec(Strict):
+    consecutive_failures: PositiveInt = 5
+    error_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    window_s: PositiveFloat = 30.0
+    min_requests: PositiveInt = 20
+    open_s: PositiveFloat = 30.0
+
+
+class TimeoutsSpec(Strict):
+    connect_s: PositiveFloat = 2.0
+    first_byte_s: PositiveFloat = 30.0
+    total_s: PositiveFloat = 300.0
+
+
+class HealthSpec(Strict):
+    interval_s: PositiveFloat = 5.0
+    breaker: BreakerSpec = BreakerSpec()
+    timeouts: TimeoutsSpec = TimeoutsSpec()
+
+
+class WindowSpec(Strict):
+    size: PositiveInt = 200
+    min_samples: PositiveInt = 30
+
+
+class GateSpec(Strict):
+    """Takes ``models`` off ``cohorts`` while their fail rate on ``evaluators`` exceeds ``max_fail_rate``."""
+
+    models: list[str] = Field(min_length=1)
+    cohorts: list[str] = Field(min_length=1)
+    evaluators: list[str] = Field(min_length=1)
+    max_fail_rate: Fraction
+    reset_fail_rate: Fraction | None = None
+    min_samples: PositiveInt | None = None
+    probe_sample: Fraction = 0.1
+    mode: Literal["enforce", "observe"] = "enforce"
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> GateSpec:
+        if self.reset_fail_rate is not None and self.reset_fail_rate > self.max_fail_rate:
+            raise ValueError("reset_fail_rate must not exceed max_fail_rate")
+        return self
+
+
+class EvalsSpec(Strict):
+    window: WindowSpec = WindowSpec()
+    gates: list[GateSpec] = Field(default_factory=list)
+
+
+class LimitsSpec(Strict):
+    max_body_bytes: PositiveInt = 8 * 1024 * 1024
+
+
+class PolicySpec(Strict):
+    """A whole routing policy file."""
+
+    version: Literal[1]
+    revision: str | None = Field(default=None, description="a label of yours, shown next to the content hash")
+    public_models: list[str] = Field(default_factory=list)
+    models: dict[str, ModelSpec] = Field(min_length=1)
+    cohorts: list[CohortSpec] = Field(min_length=1)
+    routes: dict[str, RouteSpec] = Field(min_length=1)
+    health: HealthSpec = HealthSpec()
+    evals: EvalsSpec = EvalsSpec()
+    limits: LimitsSpec = LimitsSpec()
+
+    def served_name(self, model: str) -> str:
+        return self.models[model].served_name or model
+
+    @property
+    def default_cohort(self) -> str:
+        return next(c.name for c in self.cohorts if c.default)
+
+    def route_for(self, cohort: str) -> tuple[str, RouteSpec]:
+        """The route serving ``cohort``: its own, else the default cohort's."""
+        if cohort in self.routes:
+            return cohort, self.routes[cohort]
+        name = self.default_cohort
+        return name, self.routes[name]

@@ -1,0 +1,1 @@
+"""Routing stages: request features → cohort (classifier) → ordered attempts and mirror targets (planner)."""

@@ -1,0 +1,86 @@
+"""The view of a request that cohort matchers read.
+
+Built once per request from the parsed body and headers; derived text (user messages, prompt length) is computed
+lazily so cohorts that never look at content cost nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+
+def _text_of(content: Any) -> str:
+    """The text of a message's ``content``: a string, or the ``text`` parts of a list of content parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+@dataclass(eq=False)
+class RequestFeatures:
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-cased names
+    api_key: str | None = None  # the name of the client's key in the policy's ``keys``, when auth is on
+
+    @property
+    def model(self) -> str:
+        value = self.body.get("model")
+        return value if isinstance(value, str) else ""
+
+    @property
+    def user(self) -> str | None:
+        value = self.body.get("user")
+        return value if isinstance(value, str) else None
+
+    @property
+    def metadata(self) -> Mapping[str, Any]:
+        value = self.body.get("metadata")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def has_tools(self) -> bool:
+        tools = self.body.get("tools")
+        return isinstance(tools, list) and len(tools) > 0
+
+    @property
+    def response_format(self) -> str:
+        fmt = self.body.get("response_format")
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        return kind if isinstance(kind, str) else "text"
+
+    @cached_property
+    def _messages(self) -> list[Mapping[str, Any]]:
+        messages = self.body.get("messages")
+        if isinstance(messages, list):
+            return [m for m in messages if isinstance(m, dict)]
+        return []
+
+    @cached_property
+    def user_text(self) -> str:
+        """Text of the user messages (chat) or the prompt (completions): what ``content`` regexes search."""
+        if "messages" not in self.body:
+            return self._prompt_text
+        return "\n".join(_text_of(m.get("content")) for m in self._messages if m.get("role") == "user")
+
+    @cached_property
+    def prompt_chars(self) -> int:
+        """Characters of every message's text (or of the prompt): a cheap proxy for prompt length."""
+        if "messages" not in self.body:
+            return len(self._prompt_text)
+        return sum(len(_text_of(m.get("content"))) for m in self._messages)
+
+    @cached_property
+    def _prompt_text(self) -> str:
+        prompt = self.body.get("prompt")
+        if isinstance(prompt, str):
+            return prompt
+        if isinstance(prompt, list):
+            return "\n".join(p for p in prompt if isinstance(p, str))
+        return ""

@@ -1,0 +1,145 @@
+"""Planner: cohort → route → ordered attempts (primary, then fallbacks) and the mirror decision.
+
+Randomness is a parameter: a split arm is a pure function of a uniform number ``u`` in [0, 1), drawn from a hash of
+the user (``sticky: user``) or from the injected RNG. Models that live state rules out (an unhealthy backend pool,
+a tripped eval gate) are skipped through :class:`ModelFilter`, so the planner itself holds no state.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Protocol
+
+from gateway.policy.schema import SOURCES, PolicySpec, RouteSpec
+from gateway.routing.features import RequestFeatures
+
+
+class ModelFilter(Protocol):
+    """Why ``model`` must not serve ``cohort`` right now (``"unhealthy"``, ``"breaker"``, ``"eval"``), or None."""
+
+    def __call__(self, model: str, cohort: str) -> str | None: ...
+
+
+def no_filter(model: str, cohort: str) -> str | None:
+    return None
+
+
+def unit_hash(key: str) -> float:
+    """A stable uniform number in [0, 1) from ``key``: the same user or request id always lands the same way."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def choose_weighted(arms: Sequence[str], cumulative: Sequence[float], u: float) -> str:
+    """The arm whose cumulative-weight interval holds ``u`` times the total. Arms with weight 0 can never be chosen."""
+    index = bisect.bisect_right(cumulative, u * cumulative[-1])
+    return arms[min(index, len(arms) - 1)]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    cohort: str
+    route: str
+    primary: str  # the model the route chose, before live state skipped any
+    attempts: tuple[str, ...]
+    skipped: tuple[Skipped, ...] = ()
+    split_choice: str | None = None
+    split_u: float | None = None
+    pinned: bool = False  # the client named a registry model directly
+    mirror_to: tuple[str, ...] = ()
+    mirror_u: float | None = None
+    mirror_sample: float = 0.0
+
+    @property
+    def primary_skipped(self) -> Skipped | None:
+        """The primary when live state ruled it out before any attempt (a fallback without a failed call)."""
+        return self.skipped[0] if self.skipped and self.skipped[0].model == self.primary else None
+
+
+@dataclass(frozen=True)
+class _CompiledRoute:
+    name: str
+    spec: RouteSpec
+    arms: tuple[str, ...]
+    cumulative: tuple[float, ...]
+    fallback: tuple[str, ...]
+
+
+class Planner:
+    def __init__(self, policy: PolicySpec, rng: Callable[[], float] | None = None) -> None:
+        self._policy = policy
+        self._rng = rng or random.random
+        self._routes = {name: self._compile(name, spec) for name, spec in policy.routes.items()}
+
+    def _compile(self, name: str, spec: RouteSpec) -> _CompiledRoute:
+        if spec.target is not None:
+            arms: tuple[str, ...] = (spec.target,)
+            weights: list[float] = [1.0]
+        else:
+            assert spec.split is not None
+            arms = tuple(spec.split)
+            weights = list(spec.split.values())
+        fallback: list[str] = []
+        for entry in spec.fallback_entries:
+            expanded = [s for arm in arms for s in self._policy.models[arm].sources] if entry == SOURCES else [entry]
+            fallback.extend(m for m in expanded if m not in fallback and m not in arms)
+        return _CompiledRoute(name, spec, arms, tuple(accumulate(weights)), tuple(fallback))
+
+    def plan(
+        self,
+        cohort: str,
+        features: RequestFeatures,
+        request_id: str,
+        skip: ModelFilter = no_filter,
+    ) -> Plan:
+        route_name, _ = self._policy.route_for(cohort)
+        route = self._routes[route_name]
+        split_choice: str | None = None
+        split_u: float | None = None
+        pinned = features.model in self._policy.models
+        if pinned:
+            ordered = [features.model, *(m for m in route.fallback if m != features.model)]
+        elif len(route.arms) == 1:
+            ordered = [route.arms[0], *route.fallback]
+        else:
+            user = features.user
+            split_u = unit_hash(f"sticky:{user}") if route.spec.sticky == "user" and user else self._rng()
+            split_choice = choose_weighted(route.arms, route.cumulative, split_u)
+            ordered = [split_choice, *route.fallback]
+        attempts: list[str] = []
+        skipped: list[Skipped] = []
+        for model in ordered:
+            reason = skip(model, cohort)
+            if reason is None:
+                attempts.append(model)
+            else:
+                skipped.append(Skipped(model, reason))
+        mirror = route.spec.mirror
+        mirror_u = unit_hash(f"mirror:{route_name}:{request_id}") if mirror else None
+        mirror_to: tuple[str, ...] = ()
+        if mirror is not None and mirror_u is not None and mirror_u < mirror.sample:
+            mirror_to = tuple(mirror.to)
+        return Plan(
+            cohort=cohort,
+            route=route_name,
+            primary=ordered[0],
+            attempts=tuple(attempts),
+            skipped=tuple(skipped),
+            split_choice=split_choice,
+            split_u=split_u,
+            pinned=pinned,
+            mirror_to=mirror_to,
+            mirror_u=mirror_u,
+            mirror_sample=mirror.sample if mirror else 0.0,
+        )

@@ -1,0 +1,1 @@
+"""Telemetry: Prometheus metrics and OpenTelemetry traces. Imports no pipeline stage."""

@@ -1,0 +1,72 @@
+"""GatewayMetrics: the Prometheus series operators alert on (DESIGN.md section 5), prefix ``llm_gateway_``.
+
+Every label value comes from the policy (model, cohort, route, backend label) or a fixed set (reason, status
+class), never from request text, so cardinality stays bounded. Each instance owns its registry: tests and several
+gateways in one process never share series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+TPOT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = "llm_gateway_"
+        self.requests = Counter(
+            p + "requests_total", "Proxied requests by outcome.", ["cohort", "route", "model", "status"], registry=r
+        )
+        self.duration = Histogram(
+            p + "request_duration_seconds",
+            "Whole request time, first byte in to last byte out.",
+            ["cohort", "route", "model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            p + "time_to_first_token_seconds",
+            "Time to the first streamed chunk (or the whole answer when not streaming).",
+            ["cohort", "model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            p + "time_per_output_token_seconds",
+            "Decode time per output token after the first.",
+            ["cohort", "model"],
+            buckets=TPOT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(p + "tokens", "Tokens by type.", ["type", "cohort", "model"], registry=r)
+        self.fallbacks = Counter(
+            p + "fallbacks",
+            "Requests served by a later attempt than planned.",
+            ["reason", "cohort", "model"],
+            registry=r,
+        )
+        self.upstream_failures = Counter(
+            p + "upstream_failures", "Failed upstream attempts.", ["model", "backend", "reason"], registry=r
+        )
+        self.inflight = Gauge(p + "inflight_requests", "Requests being served now.", registry=r)
+        self.overhead = Histogram(
+            p + "overhead_seconds", "Time the gateway itself added.", buckets=OVERHEAD_BUCKETS, registry=r
+        )
+        self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)
+        self.policy_reloads = Counter(p + "policy_reloads", "Policy loads by outcome.", ["outcome"], registry=r)
+
+    def upstream_failure(self, model: str, backend: str, reason: str) -> None:
+        self.upstream_failures.labels(model, backend, reason).inc()
+
+    def set_policy(self, version: str) -> None:
+        self.policy_info.clear()
+        self.policy_info.labels(version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Upstream stages: the shared HTTP client (transport boundary) and the replica pools."""
