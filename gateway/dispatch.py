@@ -1,62 +1,142 @@
 """Dispatch with fallback: walk the plan's attempts until one backend accepts the request.
 
 For each model of the plan, a few replicas are tried in the pool's order; a retryable failure (connect error,
-timeout, 5xx, 429) moves on, first to another replica and then to the next model (a *fallback*, recorded with its
-reason). A non-retryable upstream error (a 4xx the request caused) ends the walk and goes back to the client. When
-nothing is left, one :class:`AttemptsExhausted` lists every attempt.
+timeout, 5xx, 429, breaker open, no available replica) moves on, first to another replica and then to the next
+model (a *fallback*, recorded with its reason). A 400 saying the prompt exceeds the context window skips ahead to
+the next model that declares a larger ``max_context``. Any other non-retryable upstream error (a 4xx the request
+caused) ends the walk and goes back to the client. ``health.timeouts.total_s`` bounds the whole walk. When nothing
+is left, one :class:`AttemptsExhausted` lists every attempt.
 """
 
 from __future__ import annotations
 
+import re
+import time
+
 from gateway.context import AttemptRecord, RequestContext
-from gateway.errors import AttemptsExhausted, NoBackendAvailable, UpstreamError
+from gateway.errors import AttemptsExhausted, NoBackendAvailable, UpstreamError, UpstreamStatus, UpstreamTimeout
+from gateway.policy.schema import PolicySpec, RouteSpec
+from gateway.routing.features import RequestFeatures
 from gateway.runtime import Gateway
 from gateway.transport import Answer, single_attempt
 from gateway.upstream.client import Timeouts
+from gateway.upstream.pool import Backend
 
 REPLICAS_PER_MODEL = 2
 """At most this many replicas of one model are tried before moving down the fallback chain."""
 
+_CONTEXT_ERROR = re.compile(r"context length|context window|max_model_len|too many tokens|input_tokens", re.I)
 
-async def with_fallbacks(gateway: Gateway, ctx: RequestContext) -> Answer:
+
+def is_context_window_error(error: UpstreamError) -> bool:
+    """vLLM's 400 for a prompt (or prompt + max_tokens) that does not fit the model's context window."""
+    if not isinstance(error, UpstreamStatus) or error.status != 400 or error.passthrough is None:
+        return False
+    detail = error.passthrough["error"]
+    return detail.get("param") == "input_tokens" or bool(_CONTEXT_ERROR.search(str(detail.get("message", ""))))
+
+
+def larger_context(policy: PolicySpec, attempts: tuple[str, ...], after: int) -> int | None:
+    """Index of the first later attempt whose declared ``max_context`` exceeds that of ``attempts[after]``."""
+    current = policy.models[attempts[after]].max_context or 0
+    for index in range(after + 1, len(attempts)):
+        declared = policy.models[attempts[index]].max_context
+        if declared is not None and declared > current:
+            return index
+    return None
+
+
+def affinity_key(route: RouteSpec, features: RequestFeatures) -> str | None:
+    if route.balance == "prefix":
+        return features.prefix_text(route.prefix_chars)
+    if route.balance == "session":
+        if route.session_header is not None:
+            return features.headers.get(route.session_header.lower()) or features.user
+        return features.user
+    return None
+
+
+async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> Answer:
     assert ctx.plan is not None
     plan = ctx.plan
     skipped = plan.primary_skipped
     if skipped is not None:
         ctx.note_fallback(skipped.reason, skipped.model)
-    health = gateway.snapshot.policy.spec.health
-    timeouts = Timeouts(connect_s=health.timeouts.connect_s, first_byte_s=health.timeouts.first_byte_s)
+    timeouts = policy.health.timeouts
+    deadline = ctx.started + timeouts.total_s
+    key = affinity_key(policy.route_for(ctx.cohort)[1], RequestFeatures(ctx.body, ctx.headers))
     failures: list[tuple[str, str, UpstreamError]] = []
-    for model in plan.attempts:
-        pool = gateway.registry.pools[model]
-        replicas = pool.order(REPLICAS_PER_MODEL)
+    index = 0
+    while index < len(plan.attempts):
+        model = plan.attempts[index]
+        index += 1
+        replicas = gateway.registry.pools[model].order(REPLICAS_PER_MODEL, key)
         if not replicas:
-            err = NoBackendAvailable(f"no available backend for {model}")
+            reason = gateway.registry.skip_reason(model, ctx.cohort) or "unhealthy"
+            err = NoBackendAvailable(f"no available backend for {model} ({reason})")
+            err.fallback_reason = reason
             failures.append((model, "-", err))
-            ctx.note_fallback(err.fallback_reason, model)
+            ctx.note_fallback(reason, model)
             continue
+        tried = 0
         for backend in replicas:
-            record = AttemptRecord(model=model, backend=backend.url, number=len(ctx.attempts) + 1)
-            ctx.attempts.append(record)
-            backend.inflight += 1
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                failures.append((model, backend.url, UpstreamTimeout(f"total deadline of {timeouts.total_s:g}s")))
+                ctx.note_fallback("timeout", model)
+                raise AttemptsExhausted(failures)
+            if not backend.breaker.acquire():
+                continue
+            tried += 1
+            attempt_timeouts = Timeouts(timeouts.connect_s, min(timeouts.first_byte_s, remaining))
             try:
-                answer = await single_attempt(ctx, gateway.client, backend, timeouts, record)
+                answer = await _attempt(gateway, ctx, backend, attempt_timeouts)
             except UpstreamError as exc:
-                backend.inflight -= 1
-                record.outcome = exc.fallback_reason
-                record.error = exc.describe()
+                if is_context_window_error(exc):
+                    jump = larger_context(policy, plan.attempts, index - 1)
+                    if jump is None:
+                        raise
+                    failures.append((model, backend.url, exc))
+                    ctx.note_fallback("context_window", model)
+                    index = jump
+                    break
                 if not exc.retryable:
                     raise
                 failures.append((model, backend.url, exc))
                 gateway.metrics.upstream_failure(model, backend.label, exc.fallback_reason)
                 continue
-            except BaseException:
-                backend.inflight -= 1
-                raise
-            if answer.events is None:
-                backend.inflight -= 1  # a stream keeps its slot until the relay ends
             ctx.answered_by = model
             return answer
-        if failures and failures[-1][0] == model:
-            ctx.note_fallback(failures[-1][2].fallback_reason, model)
+        else:
+            if not tried:
+                err = NoBackendAvailable(f"every replica of {model} has an open circuit breaker")
+                err.fallback_reason = "breaker"
+                failures.append((model, "-", err))
+            if failures and failures[-1][0] == model:
+                ctx.note_fallback(failures[-1][2].fallback_reason, model)
     raise AttemptsExhausted(failures)
+
+
+async def _attempt(gateway: Gateway, ctx: RequestContext, backend: Backend, timeouts: Timeouts) -> Answer:
+    """One call with its bookkeeping: in-flight count, breaker verdict, attempt record."""
+    record = AttemptRecord(model=backend.model, backend=backend.url, number=len(ctx.attempts) + 1)
+    ctx.attempts.append(record)
+    backend.inflight += 1
+    started = time.perf_counter()
+    try:
+        answer = await single_attempt(ctx, gateway.client, backend, timeouts, record)
+    except UpstreamError as exc:
+        backend.inflight -= 1
+        record.outcome = exc.fallback_reason
+        record.error = exc.describe()
+        if exc.status != 429:  # backpressure is not a sign of a broken backend
+            backend.breaker.record(ok=not exc.retryable, latency_s=time.perf_counter() - started)
+        raise
+    except BaseException:
+        backend.inflight -= 1
+        backend.breaker.release()
+        raise
+    backend.breaker.record(ok=True, latency_s=time.perf_counter() - started)
+    if answer.events is None:
+        backend.inflight -= 1  # a stream keeps its slot until the relay ends
+    return answer

@@ -15,6 +15,7 @@ from gateway.dispatch import with_fallbacks
 from gateway.errors import GatewayError, ModelNotFound
 from gateway.relay import relay_stream
 from gateway.routing.features import RequestFeatures
+from gateway.routing.planner import ModelFilter
 from gateway.runtime import Gateway
 from gateway.snapshot import PolicySnapshot
 
@@ -30,8 +31,8 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
     ctx.policy_version = snapshot.version
     gateway.metrics.inflight.inc()
     try:
-        classify_and_plan(snapshot, ctx)
-        answer = await with_fallbacks(gateway, ctx)
+        classify_and_plan(snapshot, ctx, gateway.model_filter)
+        answer = await with_fallbacks(gateway, ctx, snapshot.policy.spec)
     except GatewayError as exc:
         ctx.status = exc.status
         gateway.metrics.inflight.dec()
@@ -51,16 +52,17 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
         gateway.metrics.inflight.dec()
         record(gateway, ctx)
 
-    return ProxyResult(stream=relay_stream(ctx, answer, done))
+    deadline = ctx.started + snapshot.policy.spec.health.timeouts.total_s
+    return ProxyResult(stream=relay_stream(ctx, answer, done, deadline))
 
 
-def classify_and_plan(snapshot: PolicySnapshot, ctx: RequestContext) -> None:
+def classify_and_plan(snapshot: PolicySnapshot, ctx: RequestContext, skip: ModelFilter) -> None:
     model = ctx.body.get("model")
     if not isinstance(model, str) or not snapshot.knows_model(model):
         raise ModelNotFound(str(model))
     features = RequestFeatures(ctx.body, ctx.headers)
     ctx.decision = snapshot.classifier.classify(features)
-    ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id)
+    ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id, skip)
 
 
 def overhead_s(ctx: RequestContext) -> float:

@@ -7,11 +7,12 @@ event in OpenAI's error shape (and no ``[DONE]``), so the client sees an error r
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from gateway.context import RequestContext
-from gateway.errors import UpstreamError
+from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.transport import Answer, note_usage
 from gateway.wire import SSE_DONE, error_body, loads, sse_event
 
@@ -41,8 +42,14 @@ def _rewrite(ctx: RequestContext, payload: bytes, model: str) -> bytes | None:
     return sse_event(chunk)
 
 
-async def relay_stream(ctx: RequestContext, answer: Answer, on_done: Callable[[], None]) -> AsyncIterator[bytes]:
-    """Yield SSE frames for the client; ``on_done`` runs once however the stream ends (cancel included)."""
+async def relay_stream(
+    ctx: RequestContext, answer: Answer, on_done: Callable[[], None], deadline: float
+) -> AsyncIterator[bytes]:
+    """Yield SSE frames for the client; ``on_done`` runs once however the stream ends (cancel included).
+
+    ``deadline`` (a ``time.perf_counter`` value) is the request's total deadline: checked between chunks, while
+    each wait for a chunk is bounded by the transport's read timeout.
+    """
     assert answer.first_event is not None and answer.events is not None and answer.response is not None
     saw_done = False
     try:
@@ -56,11 +63,14 @@ async def relay_stream(ctx: RequestContext, answer: Answer, on_done: Callable[[]
             frame = _rewrite(ctx, payload, answer.model)
             if frame is not None:
                 yield frame
+            if time.perf_counter() > deadline:
+                raise UpstreamTimeout("the request's total deadline passed mid-stream")
             payload = await anext(events, None)
         if not saw_done:
             raise UpstreamError("the backend ended the stream before it was complete")
     except UpstreamError as exc:
         ctx.stream_error = exc.message
+        answer.backend.breaker.record(ok=False)
         yield sse_event(error_body(f"upstream stream failed: {exc.message}", "upstream_error", code="stream_error"))
     finally:
         answer.response.close()

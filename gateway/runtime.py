@@ -8,6 +8,7 @@ embedded default policy works without a GPU.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from gateway.policy.loader import LoadedPolicy
@@ -15,6 +16,7 @@ from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.upstream.client import UpstreamClient
+from gateway.upstream.health import HealthChecker
 from gateway.upstream.pool import BackendRegistry
 
 log = logging.getLogger("gateway")
@@ -30,7 +32,10 @@ class Gateway:
         *,
         rng: Callable[[], float] | None = None,
         sim_profile: SimProfile = EMBEDDED_SIM_PROFILE,
+        clock: Callable[[], float] = time.monotonic,
+        run_health_checks: bool = True,
     ) -> None:
+        self.run_health_checks = run_health_checks
         self.snapshot = PolicySnapshot.build(policy, rng)
         self.metrics = GatewayMetrics()
         self.client = UpstreamClient()
@@ -38,16 +43,21 @@ class Gateway:
         self.sims: dict[str, SimServer] = {}
         self._rng = rng
         self._sim_profile = sim_profile
+        self._clock = clock
+        self.health = HealthChecker(lambda: self.registry, self.client, lambda: self.snapshot.policy.spec.health)
 
     async def start(self) -> None:
         await self.client.start()
         await self._start_sims()
-        self.registry = BackendRegistry.from_policy(self.snapshot.policy.spec, self._resolve)
+        self.registry = BackendRegistry.from_policy(self.snapshot.policy.spec, self._resolve, self._clock)
         self.metrics.set_policy(self.snapshot.version)
         self.metrics.policy_reloads.labels("loaded").inc()
         log.info("policy %s loaded from %s", self.snapshot.version, self.snapshot.policy.path)
+        if self.run_health_checks:
+            self.health.start()
 
     async def close(self) -> None:
+        await self.health.stop()
         await self.client.close()
         for sim in self.sims.values():
             await sim.stop()
@@ -76,4 +86,16 @@ class Gateway:
 
     @property
     def ready(self) -> bool:
-        return any(True for _ in self.registry.all_backends())
+        """A policy is loaded and at least one backend of some model can take requests."""
+        return any(b.available for b in self.registry.all_backends())
+
+    def model_filter(self, model: str, cohort: str) -> str | None:
+        """The planner's :class:`ModelFilter`: why ``model`` must not serve ``cohort`` now, or None."""
+        return self.registry.skip_reason(model, cohort)
+
+    def state(self) -> dict[str, object]:
+        """What ``GET /admin/state`` shows: backends with health and breakers (later: eval windows and gates)."""
+        return {
+            "policy_version": self.snapshot.version,
+            "backends": [b.snapshot() for b in self.registry.all_backends()],
+        }

@@ -228,11 +228,23 @@ def test_one_bad_replica_is_retried_on_the_other(stack: Stack) -> None:
 
 def test_upstream_4xx_is_passed_through_unchanged(stack: Stack) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
-        ask(stack, "word " * 5000, extra_headers={"x-topic": "billing"})
+        ask(stack, "word " * 5000)
     assert caught.value.status_code == 400
     error = caught.value.body
     assert isinstance(error, dict) and error.get("param") == "input_tokens"
-    assert stack.requests_to("billing", "billing-specialist") == 0
+    assert stack.stats("billing")["models"]["billing-specialist"]["rejected"] == 1  # the long_prompt cohort
+
+
+def test_too_long_prompt_moves_to_the_model_with_a_larger_context(stack: Stack) -> None:
+    stack.configure("billing", {"model": "billing-specialist", "set": {"max_model_len": 8192}})
+    raw = ask(stack, "refund " * 5000)
+    assert raw.headers["x-gateway-model"] == "billing-specialist"
+    assert raw.headers["x-gateway-fallback"] == "context_window:merged-v1"
+    stack.configure("billing", {"reset_profile": True})
+    with pytest.raises(openai.BadRequestError):
+        ask(stack, "refund " * 5000)  # no model of the chain has room: vLLM's 400 reaches the client
+    assert stack.stats("billing")["models"]["billing-specialist"]["rejected"] == 1
+    assert stack.stats("base")["models"]["qwen2.5-7b-instruct"]["rejected"] == 0
 
 
 def test_every_attempt_failing_gives_503_listing_attempts(stack: Stack) -> None:

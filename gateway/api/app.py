@@ -14,9 +14,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api import openai_routes, ops_routes
+from gateway.api import admin_routes, openai_routes, ops_routes
 from gateway.api.headers import gateway_headers
 from gateway.api.openai_routes import ProxiedError
+from gateway.errors import GatewayError
 from gateway.runtime import Gateway
 from gateway.wire import error_body
 
@@ -36,7 +37,9 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     app.include_router(openai_routes.router)
     app.include_router(ops_routes.router)
+    app.include_router(admin_routes.router)
     app.add_exception_handler(ProxiedError, _proxied_error)
+    app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
     return app
@@ -45,6 +48,11 @@ def create_app(gateway: Gateway) -> FastAPI:
 async def _proxied_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxiedError)
     return JSONResponse(exc.error.body(), status_code=exc.error.status, headers=gateway_headers(exc.ctx))
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return JSONResponse(exc.body(), status_code=exc.status)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

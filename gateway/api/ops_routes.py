@@ -28,4 +28,5 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
+    gateway.metrics.observe_backends(gateway.registry.all_backends())
     return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)

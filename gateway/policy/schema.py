@@ -101,6 +101,11 @@ class RouteSpec(Strict):
     sticky: Literal["user"] | None = None
     fallback: list[str] | Literal["sources"] = Field(default_factory=list)
     mirror: MirrorSpec | None = None
+    balance: Literal["least_inflight", "prefix", "session"] = Field(
+        default="least_inflight", description="how a replica is picked among a model's backends"
+    )
+    prefix_chars: PositiveInt = Field(default=256, description="balance: prefix hashes this many leading chars")
+    session_header: str | None = Field(default=None, description="balance: session hashes this header, else user")
 
     @model_validator(mode="after")
     def _target_xor_split(self) -> RouteSpec:
@@ -108,6 +113,8 @@ class RouteSpec(Strict):
             raise ValueError("a route needs exactly one of 'target' or 'split'")
         if self.sticky is not None and self.split is None:
             raise ValueError("'sticky' only applies to a 'split'")
+        if self.session_header is not None and self.balance != "session":
+            raise ValueError("'session_header' only applies to 'balance: session'")
         return self
 
     @property
@@ -116,11 +123,15 @@ class RouteSpec(Strict):
 
 
 class BreakerSpec(Strict):
+    """A backend's circuit breaker: open on a run of failures or a high error rate (or p99), probe after open_s."""
+
     consecutive_failures: PositiveInt = 5
     error_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
     window_s: PositiveFloat = 30.0
     min_requests: PositiveInt = 20
     open_s: PositiveFloat = 30.0
+    half_open_probes: PositiveInt = 1
+    max_p99_s: PositiveFloat | None = None
 
 
 class TimeoutsSpec(Strict):
@@ -131,6 +142,10 @@ class TimeoutsSpec(Strict):
 
 class HealthSpec(Strict):
     interval_s: PositiveFloat = 5.0
+    check_timeout_s: PositiveFloat = 2.0
+    unhealthy_after: PositiveInt = 2
+    healthy_after: PositiveInt = 2
+    scrape_load: bool = Field(default=False, description="weigh vLLM's own queue (scraped /metrics) in balancing")
     breaker: BreakerSpec = BreakerSpec()
     timeouts: TimeoutsSpec = TimeoutsSpec()
 

@@ -76,6 +76,18 @@ class RequestFeatures:
             return len(self._prompt_text)
         return sum(len(_text_of(m.get("content"))) for m in self._messages)
 
+    def prefix_text(self, chars: int) -> str:
+        """The first ``chars`` characters of the prompt as the model sees it (system message first): the part a
+        vLLM prefix cache can share between requests."""
+        if "messages" not in self.body:
+            return self._prompt_text[:chars]
+        out = ""
+        for message in self._messages:
+            out += f"{message.get('role')}:{_text_of(message.get('content'))}\n"
+            if len(out) >= chars:
+                break
+        return out[:chars]
+
     @cached_property
     def _prompt_text(self) -> str:
         prompt = self.body.get("prompt")

@@ -7,7 +7,32 @@ gateways in one process never share series.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class BreakerView(Protocol):
+    @property
+    def state(self) -> str: ...
+
+
+class BackendView(Protocol):
+    """What the backend gauges read; telemetry imports no pipeline stage, so it names the shape it needs."""
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def breaker(self) -> BreakerView: ...
+
+    @property
+    def label(self) -> str: ...
+
+    @property
+    def available(self) -> bool: ...
+
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
@@ -58,6 +83,18 @@ class GatewayMetrics:
         self.overhead = Histogram(
             p + "overhead_seconds", "Time the gateway itself added.", buckets=OVERHEAD_BUCKETS, registry=r
         )
+        self.backend_up = Gauge(
+            p + "backend_up",
+            "1 when the backend takes requests (healthy, not drained, breaker not open).",
+            ["model", "backend"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            p + "breaker_open",
+            "1 when the backend's circuit breaker is open (or half-open).",
+            ["model", "backend"],
+            registry=r,
+        )
         self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)
         self.policy_reloads = Counter(p + "policy_reloads", "Policy loads by outcome.", ["outcome"], registry=r)
 
@@ -67,6 +104,12 @@ class GatewayMetrics:
     def set_policy(self, version: str) -> None:
         self.policy_info.clear()
         self.policy_info.labels(version).set(1)
+
+    def observe_backends(self, backends: Iterable[BackendView]) -> None:
+        """Refresh the per-backend gauges from live state (called at scrape time, so they are never stale)."""
+        for backend in backends:
+            self.backend_up.labels(backend.model, backend.label).set(1 if backend.available else 0)
+            self.breaker_open.labels(backend.model, backend.label).set(0 if backend.breaker.state == "closed" else 1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,54 +1,130 @@
 """BackendPool: the replicas of one model, and which one a request should try next.
 
-Picking is "power of two choices" on in-flight requests: two random replicas, the less busy one wins. It spreads
+A replica is *available* when its health checks pass, it is not drained, and its circuit breaker lets a request
+through. Among available replicas the default pick is "power of two choices" on load (in-flight requests, plus
+vLLM's own waiting queue when ``health.scrape_load`` is on): two random replicas, the less loaded wins. It spreads
 load nearly as well as a full scan and never herds every request onto the replica that was idle a moment ago.
+Affinity (``balance: prefix`` / ``session``) picks by rendezvous hash instead, so a key keeps its replica while
+the set of replicas is stable and only the keys of a lost replica move; a saturated pick falls back to load.
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from gateway.policy.schema import PolicySpec
+from gateway.policy.schema import BreakerSpec, PolicySpec
+from gateway.upstream.breaker import CircuitBreaker
+
+SATURATION_MARGIN = 8
+"""An affinity pick is *saturated* when it has this many more requests in flight than the least loaded replica
+(and at least twice as many): then the request goes by load instead of by key."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Backend:
     model: str
     index: int  # position in the model's ``backends`` list
     url: str  # resolved base URL (``sim://`` already replaced by the embedded server's address)
     served_name: str
+    breaker: CircuitBreaker
     inflight: int = 0
+    healthy: bool = True
+    drained: bool = False
+    waiting: float = 0.0  # vLLM's vllm:num_requests_waiting, when scraped
+    running: float = 0.0  # vLLM's vllm:num_requests_running, when scraped
+    check_failures: int = 0
+    check_passes: int = 0
+    last_check_error: str = ""
+    last_check_at: float = field(default=0.0)
 
     @property
     def label(self) -> str:
         return f"{self.model}[{self.index}]"
 
+    @property
+    def available(self) -> bool:
+        return self.healthy and not self.drained and self.breaker.available()
+
+    def load(self, use_scraped: bool) -> float:
+        return self.inflight + (self.waiting if use_scraped else 0.0)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "model": self.model,
+            "index": self.index,
+            "url": self.url,
+            "served_name": self.served_name,
+            "healthy": self.healthy,
+            "drained": self.drained,
+            "available": self.available,
+            "inflight": self.inflight,
+            "vllm_waiting": self.waiting,
+            "vllm_running": self.running,
+            "last_check_error": self.last_check_error,
+            "breaker": self.breaker.snapshot(),
+        }
+
+
+def _weight(key: str, backend: Backend) -> int:
+    digest = hashlib.blake2b(f"{key}|{backend.url}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
 
 class BackendPool:
-    def __init__(self, model: str, backends: list[Backend], rng: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        model: str,
+        backends: list[Backend],
+        rng: Callable[[], float] = random.random,
+        scrape_load: bool = False,
+    ) -> None:
         self.model = model
         self.backends = backends
         self._rng = rng
+        self.scrape_load = scrape_load
 
     def available(self) -> list[Backend]:
-        return list(self.backends)
+        return [b for b in self.backends if b.available]
 
-    def order(self, limit: int) -> list[Backend]:
-        """Up to ``limit`` distinct replicas to try, best first."""
+    def unavailable_reason(self) -> str | None:
+        """Why no replica can take a request (``manual``, ``breaker``, ``unhealthy``), or None if one can."""
+        if any(b.available for b in self.backends):
+            return None
+        live = [b for b in self.backends if not b.drained]
+        if not live:
+            return "manual"
+        return "breaker" if any(b.healthy for b in live) else "unhealthy"
+
+    def order(self, limit: int, affinity_key: str | None = None) -> list[Backend]:
+        """Up to ``limit`` distinct available replicas to try, best first."""
         candidates = self.available()
         if len(candidates) <= 1:
             return candidates[:limit]
-        a, b = self._two(len(candidates))
-        first = candidates[a] if candidates[a].inflight <= candidates[b].inflight else candidates[b]
-        rest = sorted((c for c in candidates if c is not first), key=lambda c: c.inflight)
+        first = self._by_key(candidates, affinity_key) if affinity_key is not None else None
+        if first is None:
+            first = self._two_choices(candidates)
+        rest = sorted((c for c in candidates if c is not first), key=lambda c: c.load(self.scrape_load))
         return [first, *rest][:limit]
 
-    def _two(self, n: int) -> tuple[int, int]:
+    def _by_key(self, candidates: list[Backend], key: str) -> Backend | None:
+        chosen = max(candidates, key=lambda b: _weight(key, b))
+        least = min(c.load(self.scrape_load) for c in candidates)
+        load = chosen.load(self.scrape_load)
+        if load >= least + SATURATION_MARGIN and load >= 2 * least:
+            return None
+        return chosen
+
+    def _two_choices(self, candidates: list[Backend]) -> Backend:
+        n = len(candidates)
         a = int(self._rng() * n) % n
         b = int(self._rng() * (n - 1)) % (n - 1)
-        return a, b + 1 if b >= a else b
+        b = b + 1 if b >= a else b
+        first, second = candidates[a], candidates[b]
+        return first if first.load(self.scrape_load) <= second.load(self.scrape_load) else second
 
 
 class BackendRegistry:
@@ -58,14 +134,40 @@ class BackendRegistry:
         self.pools = pools
 
     @classmethod
-    def from_policy(cls, policy: PolicySpec, resolve: Callable[[str], str]) -> BackendRegistry:
+    def from_policy(
+        cls,
+        policy: PolicySpec,
+        resolve: Callable[[str], str],
+        clock: Callable[[], float] = time.monotonic,
+        previous: BackendRegistry | None = None,
+    ) -> BackendRegistry:
+        """Pools for ``policy``; a backend that also existed in ``previous`` (same model and URL) keeps its state."""
+        old = {(b.model, b.url): b for b in previous.all_backends()} if previous else {}
         pools = {}
         for name, spec in policy.models.items():
             served = spec.served_name or name
-            backends = [Backend(name, i, resolve(url).rstrip("/"), served) for i, url in enumerate(spec.backends)]
-            pools[name] = BackendPool(name, backends)
+            backends = []
+            for i, raw_url in enumerate(spec.backends):
+                url = resolve(raw_url).rstrip("/")
+                kept = old.get((name, url))
+                if kept is not None:
+                    kept.index, kept.served_name = i, served
+                    kept.breaker.spec = policy.health.breaker
+                    backends.append(kept)
+                else:
+                    backends.append(Backend(name, i, url, served, _breaker(policy.health.breaker, clock)))
+            pools[name] = BackendPool(name, backends, scrape_load=policy.health.scrape_load)
         return cls(pools)
 
     def all_backends(self) -> Iterator[Backend]:
         for pool in self.pools.values():
             yield from pool.backends
+
+    def skip_reason(self, model: str, cohort: str) -> str | None:
+        """A :class:`gateway.routing.planner.ModelFilter`: models with no available replica are skipped."""
+        pool = self.pools.get(model)
+        return pool.unavailable_reason() if pool is not None else "unhealthy"
+
+
+def _breaker(spec: BreakerSpec, clock: Callable[[], float]) -> CircuitBreaker:
+    return CircuitBreaker(spec, clock)
