@@ -12,9 +12,9 @@ import string
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import uvicorn
@@ -24,6 +24,8 @@ from gateway.api.app import create_app
 from gateway.policy import load_policy
 from gateway.runtime import Gateway
 from gateway.sim import SimProfile, SimServer
+
+T = TypeVar("T")
 
 
 def _bound_socket() -> socket.socket:
@@ -101,6 +103,14 @@ class Stack:
         finally:
             for server in self.sims.values():
                 await server.stop()
+
+    def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run ``coroutine`` on the stack's event loop (e.g. to stop a simulator as if its process died)."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
+
+    def kill_sim(self, name: str) -> None:
+        self.call(self.sims[name].stop())
 
     def sim_url(self, name: str) -> str:
         return self.sims[name].url

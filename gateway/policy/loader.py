@@ -63,17 +63,25 @@ def _origin() -> Position:
 
 
 def _schema_issues(exc: ValidationError, doc: PositionedDocument) -> list[PolicyIssue]:
-    issues: list[PolicyIssue] = []
-    seen: set[tuple[Path, str]] = set()
+    """One issue per (path, message); a value that fits no branch of a union gets one merged message."""
+    by_path: dict[Path, list[tuple[str, bool]]] = {}
     for error in exc.errors(include_url=False):
         path = _data_path(error["loc"], doc.data)
-        message = _message(error)
-        if (path, message) in seen:
-            continue
-        seen.add((path, message))
-        at_key = error["type"] == "extra_forbidden"
-        issues.append(PolicyIssue(path, message, doc.locate(path, at_key=at_key)))
+        entry = (_message(error), error["type"] == "extra_forbidden")
+        if entry not in by_path.setdefault(path, []):
+            by_path[path].append(entry)
+    issues: list[PolicyIssue] = []
+    for path, entries in by_path.items():
+        kinds = [m.removeprefix(_TYPE_PREFIX) for m, _ in entries if m.startswith(_TYPE_PREFIX)]
+        if len(kinds) > 1:
+            merged = f"{_TYPE_PREFIX}{', '.join(kinds[:-1])} or {kinds[-1]}"
+            entries = [(merged, False), *((m, k) for m, k in entries if not m.startswith(_TYPE_PREFIX))]
+        for message, at_key in entries:
+            issues.append(PolicyIssue(path, message, doc.locate(path, at_key=at_key)))
     return issues
+
+
+_TYPE_PREFIX = "Input should be a valid "
 
 
 def _data_path(loc: tuple[Any, ...], data: Any) -> Path:
