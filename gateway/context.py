@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.evals.answer import StreamAssembler
 from gateway.routing.cohorts import CohortDecision
 from gateway.routing.planner import Plan
 
@@ -54,6 +55,8 @@ class RequestContext:
     first_byte_at: float | None = None
     upstream_s: float = 0.0  # time spent waiting on backends, for the overhead figure
     stream_error: str | None = None
+    answer_json: dict[str, Any] | None = None  # the non-stream answer as parsed (for evaluators)
+    assembler: StreamAssembler | None = None  # collects a streamed answer (for evaluators)
 
     @property
     def stream(self) -> bool:

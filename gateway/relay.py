@@ -27,6 +27,8 @@ def _rewrite(ctx: RequestContext, payload: bytes, model: str) -> bytes | None:
         return b"data: " + payload + b"\n\n"
     if not isinstance(chunk, dict):
         return b"data: " + payload + b"\n\n"
+    if ctx.assembler is not None:
+        ctx.assembler.add(chunk)
     choices = chunk.get("choices")
     if chunk.get("usage"):
         note_usage(ctx, chunk["usage"])

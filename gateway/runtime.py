@@ -11,6 +11,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from gateway.evals.recorder import EvalRecorder
+from gateway.mirror import ShadowDispatcher
 from gateway.policy.loader import LoadedPolicy
 from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
@@ -45,6 +47,8 @@ class Gateway:
         self._sim_profile = sim_profile
         self._clock = clock
         self.health = HealthChecker(lambda: self.registry, self.client, lambda: self.snapshot.policy.spec.health)
+        self.recorder = EvalRecorder(policy.spec.evals, self.metrics, clock)
+        self.shadows = ShadowDispatcher(self.client, lambda: self.registry, lambda: self.recorder, self.metrics)
 
     async def start(self) -> None:
         await self.client.start()
@@ -58,6 +62,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.health.stop()
+        await self.shadows.close()
         await self.client.close()
         for sim in self.sims.values():
             await sim.stop()
@@ -91,11 +96,15 @@ class Gateway:
 
     def model_filter(self, model: str, cohort: str) -> str | None:
         """The planner's :class:`ModelFilter`: why ``model`` must not serve ``cohort`` now, or None."""
+        if self.recorder.gates.blocks(model, cohort):
+            return "eval"
         return self.registry.skip_reason(model, cohort)
 
     def state(self) -> dict[str, object]:
-        """What ``GET /admin/state`` shows: backends with health and breakers (later: eval windows and gates)."""
+        """What ``GET /admin/state`` shows: backends (health, breakers), eval windows and gates, mirroring."""
         return {
             "policy_version": self.snapshot.version,
             "backends": [b.snapshot() for b in self.registry.all_backends()],
+            "evals": self.recorder.snapshot(),
+            "mirror": self.shadows.snapshot(),
         }

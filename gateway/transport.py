@@ -61,6 +61,7 @@ def rewrite_json_answer(ctx: RequestContext, raw: bytes, model: str) -> bytes:
     if not isinstance(parsed, dict):
         return raw
     parsed["model"] = model
+    ctx.answer_json = parsed
     note_usage(ctx, parsed.get("usage"))
     for choice in parsed.get("choices") or ():
         if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):

@@ -214,7 +214,7 @@ def test_error_falls_back_to_next_model(stack: Stack) -> None:
     assert stack.stats("merged_a")["models"]["merged-v1"]["errors"] == 1
     assert stack.stats("merged_b")["models"]["merged-v1"]["errors"] == 1
     metrics = httpx.get(f"{stack.url}/metrics").text
-    assert 'llm_gateway_fallbacks_total{cohort="billing_refund",model="billing-specialist",reason="error"}' in metrics
+    assert 'llm_gateway_fallbacks_total{cohort="billing_refund",from_model="merged-v1",reason="error"} 1.0' in metrics
 
 
 def test_one_bad_replica_is_retried_on_the_other(stack: Stack) -> None:

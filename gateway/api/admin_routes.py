@@ -68,3 +68,53 @@ async def drain_backend(request: Request, model: str, index: int) -> Response:
     if action == "restore":
         backend.breaker.reset()
     return JSONResponse(backend.snapshot())
+
+
+def _known(gateway: Gateway, model: Any, cohort: Any, where: str) -> tuple[str, str]:
+    spec = gateway.snapshot.policy.spec
+    if not isinstance(model, str) or model not in spec.models:
+        raise InvalidRequest(f"{where}: unknown model {model!r}", param="model")
+    if not isinstance(cohort, str) or cohort not in {c.name for c in spec.cohorts}:
+        raise InvalidRequest(f"{where}: unknown cohort {cohort!r}", param="cohort")
+    return model, cohort
+
+
+@router.post("/evals")
+async def push_evals(request: Request) -> Response:
+    """Offline eval results: ``{"results": [{"model", "cohort", "evaluator", "passed": N, "failed": N}]}``."""
+    gateway: Gateway = request.app.state.gateway
+    body = await json_body(request)
+    results = body.get("results")
+    if not isinstance(results, list) or not results:
+        raise InvalidRequest("'results' must be a non-empty array", param="results")
+    batches = []
+    for i, item in enumerate(results):
+        where = f"results[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object", param=where)
+        model, cohort = _known(gateway, item.get("model"), item.get("cohort"), where)
+        evaluator = item.get("evaluator")
+        if not isinstance(evaluator, str) or not evaluator:
+            raise InvalidRequest(f"{where}.evaluator must be a non-empty string", param=f"{where}.evaluator")
+        counts = [item.get("passed", 0), item.get("failed", 0)]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 1_000_000 for n in counts):
+            raise InvalidRequest(f"{where}: passed and failed must be integers in 0..1000000", param=where)
+        batches.append((model, cohort, evaluator, counts[0], counts[1]))
+    for model, cohort, evaluator, passed, failed in batches:  # all validated first: a bad item changes nothing
+        gateway.recorder.push(model, cohort, evaluator, passed, failed)
+    return JSONResponse({"accepted": len(batches), "gates": gateway.recorder.gates.snapshot()})
+
+
+@router.post("/gates/{model}/{cohort}")
+async def set_gate(request: Request, model: str, cohort: str) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    _known(gateway, model, cohort, "gate")
+    body = await json_body(request)
+    action = body.get("action")
+    if action == "trip":
+        state = gateway.recorder.gates.trip(model, cohort)
+    elif action == "reset":
+        state = gateway.recorder.gates.reset(model, cohort)
+    else:
+        raise InvalidRequest("'action' must be 'trip' or 'reset'", param="action")
+    return JSONResponse({"model": model, "cohort": cohort, "tripped": state.tripped, "reason": state.reason})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.context import RequestContext
-from gateway.pipeline import overhead_s
+from gateway.record import overhead_s
 
 
 def gateway_headers(ctx: RequestContext) -> dict[str, str]:

@@ -32,7 +32,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise InvalidRequest("the request body is empty; expected a JSON object")
     try:
@@ -41,6 +41,11 @@ def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+    body = parse_json_object(raw)
     _check_common(body)
     if endpoint == "chat":
         _check_messages(body.get("messages"))

@@ -145,9 +145,29 @@ def _check_fallback(policy: PolicySpec, route: RouteSpec, primaries: list[str], 
                 chain.append(name)
 
 
+FEEDBACK_EVALUATOR = "user_feedback"
+
+
 def _check_gates(policy: PolicySpec) -> Iterator[Problem]:
+    from gateway.evals.evaluators import EVALUATORS
+
+    known = [*EVALUATORS, FEEDBACK_EVALUATOR]
     cohorts = [c.name for c in policy.cohorts]
+    for name, spec in policy.evals.cohorts.items():
+        if name not in cohorts:
+            yield ("evals", "cohorts", name), _unknown("cohort", name, cohorts)
+        for i, evaluator in enumerate(spec.evaluators):
+            if evaluator not in EVALUATORS:
+                yield ("evals", "cohorts", name, "evaluators", i), _unknown("evaluator", evaluator, EVALUATORS)
+        for i, pattern in enumerate(spec.refusal_patterns or ()):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                yield ("evals", "cohorts", name, "refusal_patterns", i), f"invalid regex: {exc}"
     for g, gate in enumerate(policy.evals.gates):
+        for i, evaluator in enumerate(gate.evaluators):
+            if evaluator not in known:
+                yield ("evals", "gates", g, "evaluators", i), _unknown("evaluator", evaluator, known)
         for i, model in enumerate(gate.models):
             if model not in policy.models:
                 yield ("evals", "gates", g, "models", i), _unknown("model", model, policy.models)

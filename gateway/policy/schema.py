@@ -153,6 +153,16 @@ class HealthSpec(Strict):
 class WindowSpec(Strict):
     size: PositiveInt = 200
     min_samples: PositiveInt = 30
+    max_age_s: PositiveFloat | None = Field(default=None, description="also forget outcomes older than this")
+
+
+class CohortEvalSpec(Strict):
+    """Online evaluation of one cohort's answers, on top of the always-on evaluators."""
+
+    evaluators: list[str] = Field(default_factory=list)
+    refusal_patterns: list[str] | None = Field(default=None, description="regexes for no_refusal; else the default")
+    ttft_slo_s: PositiveFloat | None = None
+    total_slo_s: PositiveFloat | None = None
 
 
 class GateSpec(Strict):
@@ -176,7 +186,13 @@ class GateSpec(Strict):
 
 class EvalsSpec(Strict):
     window: WindowSpec = WindowSpec()
+    cohorts: dict[str, CohortEvalSpec] = Field(default_factory=dict)
     gates: list[GateSpec] = Field(default_factory=list)
+    feedback_cache_size: PositiveInt = Field(default=100_000, description="request ids remembered for feedback")
+
+    def gate_for(self, model: str, cohort: str) -> GateSpec | None:
+        """The gate that governs ``model`` on ``cohort``: the first one listing both."""
+        return next((g for g in self.gates if model in g.models and cohort in g.cohorts), None)
 
 
 class LimitsSpec(Strict):

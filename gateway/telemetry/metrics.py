@@ -72,8 +72,8 @@ class GatewayMetrics:
         self.tokens = Counter(p + "tokens", "Tokens by type.", ["type", "cohort", "model"], registry=r)
         self.fallbacks = Counter(
             p + "fallbacks",
-            "Requests served by a later attempt than planned.",
-            ["reason", "cohort", "model"],
+            "Requests not answered by the model planned first, by reason and by the model that was left.",
+            ["reason", "cohort", "from_model"],
             registry=r,
         )
         self.upstream_failures = Counter(
@@ -93,6 +93,33 @@ class GatewayMetrics:
             p + "breaker_open",
             "1 when the backend's circuit breaker is open (or half-open).",
             ["model", "backend"],
+            registry=r,
+        )
+        self.mirror_requests = Counter(
+            p + "mirror_requests",
+            "Shadow requests by outcome (ok, error, timeout, dropped).",
+            ["model", "cohort", "outcome"],
+            registry=r,
+        )
+        self.mirror_agreement = Counter(
+            p + "mirror_agreement",
+            "Shadow answer compared with the primary answer, per check.",
+            ["model", "cohort", "check", "result"],
+            registry=r,
+        )
+        self.eval_outcomes = Counter(
+            p + "eval_outcomes",
+            "Evaluator verdicts by source (online, shadow, pushed, feedback).",
+            ["model", "cohort", "evaluator", "verdict", "source"],
+            registry=r,
+        )
+        self.eval_fail_rate = Gauge(
+            p + "eval_fail_rate", "Fail rate over the eval window.", ["model", "cohort", "evaluator"], registry=r
+        )
+        self.eval_gate_tripped = Gauge(
+            p + "eval_gate_tripped",
+            "1 while the eval gate keeps the model off the cohort.",
+            ["model", "cohort"],
             registry=r,
         )
         self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)

@@ -1,0 +1,1 @@
+"""Online evaluators: judge each finished answer (JSON, schema, tool calls, truncation, refusals, latency)."""

@@ -1,0 +1,179 @@
+"""EvalGates: take a model off one cohort while its eval fail rate is too high, and put it back when it recovers.
+
+    ok ──(some listed evaluator: fail rate > max_fail_rate over ≥ min_samples outcomes)──▶ tripped
+    tripped ──(every listed evaluator: fail rate < reset_fail_rate over ≥ min_samples outcomes since the trip)──▶ ok
+
+A tripped gate in ``enforce`` mode makes the planner skip the model for that cohort only (fallback reason
+``eval``); in ``observe`` mode it is only reported. Tripped models keep receiving shadow copies (``probe_sample``)
+so their windows keep filling and they can recover. A gate tripped by hand stays tripped until reset by hand.
+State is keyed by (model, cohort), so it survives a policy reload while both still exist.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.evals.windows import EvalWindows
+from gateway.policy.schema import EvalsSpec, GateSpec
+
+log = logging.getLogger("gateway.evals")
+
+
+@dataclass
+class GateState:
+    model: str
+    cohort: str
+    tripped: bool = False
+    manual: bool = False
+    since: float = 0.0
+    reason: str = ""
+    seen_at_trip: dict[str, int] = field(default_factory=dict)
+    transitions: int = 0
+
+
+@dataclass(frozen=True)
+class Transition:
+    model: str
+    cohort: str
+    tripped: bool
+    reason: str
+    mode: str
+
+
+class EvalGates:
+    def __init__(
+        self,
+        spec: EvalsSpec,
+        windows: EvalWindows,
+        clock: Callable[[], float] = time.monotonic,
+        on_transition: Callable[[Transition], None] = lambda t: None,
+    ) -> None:
+        self.spec = spec
+        self._windows = windows
+        self._clock = clock
+        self._on_transition = on_transition
+        self._states: dict[tuple[str, str], GateState] = {}
+
+    def reconfigure(self, spec: EvalsSpec) -> None:
+        """A reloaded policy: keep the state of (model, cohort) pairs some gate still covers."""
+        self.spec = spec
+        for key in [k for k in self._states if spec.gate_for(*k) is None]:
+            del self._states[key]
+
+    def state(self, model: str, cohort: str) -> GateState:
+        key = (model, cohort)
+        if key not in self._states:
+            self._states[key] = GateState(model, cohort)
+        return self._states[key]
+
+    def blocks(self, model: str, cohort: str) -> bool:
+        """Whether the planner must skip ``model`` for ``cohort`` (tripped and enforcing)."""
+        state = self._states.get((model, cohort))
+        if state is None or not state.tripped:
+            return False
+        gate = self.spec.gate_for(model, cohort)
+        return gate is not None and gate.mode == "enforce"
+
+    def tripped_for(self, cohort: str) -> list[tuple[str, GateSpec]]:
+        """Tripped models on ``cohort`` with their gate: they get probe traffic."""
+        out = []
+        for (model, c), state in self._states.items():
+            gate = self.spec.gate_for(model, c)
+            if c == cohort and state.tripped and gate is not None:
+                out.append((model, gate))
+        return out
+
+    def observe(self, model: str, cohort: str) -> None:
+        """Re-evaluate the gate of (model, cohort) after new outcomes arrived."""
+        gate = self.spec.gate_for(model, cohort)
+        if gate is None:
+            return
+        state = self.state(model, cohort)
+        min_samples = gate.min_samples or self.spec.window.min_samples
+        if not state.tripped:
+            for evaluator in gate.evaluators:
+                window = self._windows.get((model, cohort, evaluator))
+                if window is None or window.count() < min_samples:
+                    continue
+                rate = window.fail_rate()
+                if rate > gate.max_fail_rate:
+                    reason = f"{evaluator} fail rate {rate:.3f} > {gate.max_fail_rate} over {window.count()} outcomes"
+                    self._set(state, gate, tripped=True, reason=reason)
+                    return
+            return
+        if state.manual:
+            return
+        reset = gate.reset_fail_rate if gate.reset_fail_rate is not None else gate.max_fail_rate / 2
+        rates = []
+        for evaluator in gate.evaluators:
+            window = self._windows.get((model, cohort, evaluator))
+            new = 0 if window is None else window.seen - state.seen_at_trip.get(evaluator, 0)
+            if window is None or new < min_samples:
+                if window is not None or evaluator != "user_feedback":
+                    return
+                continue  # no feedback arrives for a model users do not see: do not wait for it
+            rate = window.fail_rate(last=new)
+            if rate >= reset:
+                return
+            rates.append(f"{evaluator} {rate:.3f}")
+        self._set(state, gate, tripped=False, reason=f"recovered below {reset}: " + ", ".join(rates))
+
+    def trip(self, model: str, cohort: str, reason: str = "tripped by hand") -> GateState:
+        state = self.state(model, cohort)
+        state.manual = True
+        gate = self.spec.gate_for(model, cohort)
+        self._set(state, gate, tripped=True, reason=reason)
+        return state
+
+    def reset(self, model: str, cohort: str, reason: str = "reset by hand") -> GateState:
+        state = self.state(model, cohort)
+        state.manual = False
+        self._set(state, self.spec.gate_for(model, cohort), tripped=False, reason=reason)
+        return state
+
+    def _set(self, state: GateState, gate: GateSpec | None, *, tripped: bool, reason: str) -> None:
+        changed = state.tripped != tripped
+        state.tripped, state.reason, state.since = tripped, reason, self._clock()
+        if tripped:
+            state.seen_at_trip = {
+                e: w.seen
+                for e in (gate.evaluators if gate else ())
+                if (w := self._windows.get((state.model, state.cohort, e))) is not None
+            }
+        if not changed:
+            return
+        state.transitions += 1
+        mode = gate.mode if gate else "enforce"
+        event = {"event": "eval_gate_" + ("tripped" if tripped else "reset"), "model": state.model}
+        event.update(cohort=state.cohort, mode=mode, reason=reason)
+        log.warning("%s", json.dumps(event))
+        self._on_transition(Transition(state.model, state.cohort, tripped, reason, mode))
+
+    def snapshot(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        listed: set[tuple[str, str]] = set()
+        for gate in self.spec.gates:
+            for model in gate.models:
+                for cohort in gate.cohorts:
+                    if (model, cohort) in listed:
+                        continue  # an earlier gate governs this pair
+                    listed.add((model, cohort))
+                    state = self._states.get((model, cohort)) or GateState(model, cohort)
+                    out.append(
+                        {
+                            "model": model,
+                            "cohort": cohort,
+                            "mode": gate.mode,
+                            "tripped": state.tripped,
+                            "manual": state.manual,
+                            "reason": state.reason,
+                            "transitions": state.transitions,
+                            "evaluators": gate.evaluators,
+                            "max_fail_rate": gate.max_fail_rate,
+                        }
+                    )
+        return out

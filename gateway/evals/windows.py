@@ -1,0 +1,90 @@
+"""EvalWindows: the last ``window.size`` pass/fail outcomes per (model, cohort, evaluator).
+
+Outcomes arrive from four sources (online evaluators on primary answers, the same evaluators on shadow answers,
+pushed offline results, user feedback); the window does not care which, so a gate sees one fail rate. Each window
+also counts every outcome it ever saw, so a gate can ask for the fail rate over the outcomes *since* it tripped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+Key = tuple[str, str, str]  # (model, cohort, evaluator)
+
+
+@dataclass
+class EvalWindow:
+    size: int
+    max_age_s: float | None = None
+    outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (when, failed)
+    seen: int = 0  # every outcome ever recorded, for "new outcomes since" questions
+
+    def add(self, failed: bool, now: float) -> None:
+        self.outcomes.append((now, failed))
+        self.seen += 1
+        while len(self.outcomes) > self.size:
+            self.outcomes.popleft()
+
+    def prune(self, now: float) -> None:
+        if self.max_age_s is None:
+            return
+        horizon = now - self.max_age_s
+        while self.outcomes and self.outcomes[0][0] < horizon:
+            self.outcomes.popleft()
+
+    def count(self, last: int | None = None) -> int:
+        n = len(self.outcomes)
+        return n if last is None else min(n, last)
+
+    def fail_rate(self, last: int | None = None) -> float:
+        """Share of failures among the window's outcomes (or its ``last`` ones); 0.0 when empty."""
+        n = self.count(last)
+        if n == 0:
+            return 0.0
+        recent = list(self.outcomes)[-n:] if last is not None else self.outcomes
+        return sum(1 for _, failed in recent if failed) / n
+
+
+class EvalWindows:
+    def __init__(self, size: int, max_age_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        self.size = size
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._windows: dict[Key, EvalWindow] = {}
+
+    def resize(self, size: int, max_age_s: float | None) -> None:
+        """Apply a reloaded policy's window settings, keeping the outcomes already collected."""
+        self.size, self.max_age_s = size, max_age_s
+        for window in self._windows.values():
+            window.size, window.max_age_s = size, max_age_s
+            while len(window.outcomes) > size:
+                window.outcomes.popleft()
+
+    def record(self, key: Key, failed: bool) -> EvalWindow:
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = EvalWindow(self.size, self.max_age_s)
+        now = self._clock()
+        window.add(failed, now)
+        window.prune(now)
+        return window
+
+    def get(self, key: Key) -> EvalWindow | None:
+        window = self._windows.get(key)
+        if window is not None:
+            window.prune(self._clock())
+        return window
+
+    def items(self) -> Iterator[tuple[Key, EvalWindow]]:
+        now = self._clock()
+        for key, window in list(self._windows.items()):
+            window.prune(now)
+            yield key, window
+
+    def drop_unknown(self, models: set[str], cohorts: set[str]) -> None:
+        """Forget windows of models or cohorts a reloaded policy no longer has."""
+        for key in [k for k in self._windows if k[0] not in models or k[1] not in cohorts]:
+            del self._windows[key]

@@ -1,0 +1,165 @@
+"""ShadowDispatcher: send shadow copies of live requests to candidate models, in the background, bounded.
+
+A shadow copy never slows or changes the primary answer: it starts after the primary was accepted, is never
+awaited by the request, has its own timeout, and never touches retries, fallbacks or circuit breakers. Each
+target model has ``max_inflight`` running copies and a queue of the same size; a copy beyond that is dropped and
+counted. The shadow answer is evaluated (feeding the candidate's eval windows for the cohort) and, once the
+primary has finished, compared with it. The same mechanism sends *probe* copies to models a tripped eval gate
+keeps off a cohort, so their windows keep filling and the gate can reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from gateway.evals.agreement import compare
+from gateway.evals.answer import FinishedAnswer, answer_from_json
+from gateway.evals.recorder import EvalRecorder
+from gateway.telemetry.metrics import GatewayMetrics
+from gateway.transport import GATEWAY_ONLY_FIELDS, PATHS
+from gateway.upstream.client import UpstreamClient
+from gateway.upstream.pool import BackendRegistry
+from gateway.wire import dumps, loads
+
+log = logging.getLogger("gateway.mirror")
+
+
+@dataclass(frozen=True)
+class ShadowJob:
+    model: str
+    cohort: str
+    reason: str  # "mirror" or "probe"
+    endpoint: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    max_inflight: int
+    timeout_s: float
+    primary: asyncio.Future[FinishedAnswer | None]
+
+
+class _Lane:
+    """One target model's capacity: ``limit`` running, ``limit`` more waiting."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.running = asyncio.Semaphore(limit)
+        self.pending = 0
+
+
+class ShadowDispatcher:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        registry: Callable[[], BackendRegistry],
+        recorder: Callable[[], EvalRecorder],
+        metrics: GatewayMetrics,
+    ) -> None:
+        self._client = client
+        self._registry = registry
+        self._recorder = recorder
+        self._metrics = metrics
+        self._lanes: dict[str, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.agreement: Counter[tuple[str, str, str, str]] = Counter()  # (model, cohort, check, result)
+        self.outcomes: Counter[tuple[str, str, str]] = Counter()  # (model, cohort, outcome)
+
+    def submit(self, job: ShadowJob) -> bool:
+        """Queue ``job``; False (and counted as dropped) when its target is at capacity."""
+        lane = self._lanes.get(job.model)
+        if lane is None or lane.limit != job.max_inflight:
+            lane = self._lanes[job.model] = _Lane(job.max_inflight)
+        if lane.pending >= 2 * lane.limit:
+            self._count(job, "dropped")
+            return False
+        lane.pending += 1
+        task = asyncio.create_task(self._run(job, lane), name=f"shadow-{job.model}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._tasks)
+
+    async def _run(self, job: ShadowJob, lane: _Lane) -> None:
+        try:
+            async with lane.running:
+                answer = await self._send(job)
+        finally:
+            lane.pending -= 1
+        if answer is None:
+            return
+        self._recorder().evaluate(job.model, job.cohort, answer, "shadow")
+        try:
+            primary = await asyncio.wait_for(asyncio.shield(job.primary), job.timeout_s)
+        except TimeoutError:
+            return
+        if primary is None:
+            return
+        for check, agreed in compare(primary, answer).items():
+            result = "agree" if agreed else "disagree"
+            self.agreement[(job.model, job.cohort, check, result)] += 1
+            self._metrics.mirror_agreement.labels(job.model, job.cohort, check, result).inc()
+
+    async def _send(self, job: ShadowJob) -> FinishedAnswer | None:
+        pool = self._registry().pools.get(job.model)
+        replicas = pool.order(1) if pool is not None else []
+        if not replicas:
+            self._count(job, "error")
+            return None
+        backend = replicas[0]
+        body = {k: v for k, v in job.body.items() if k not in GATEWAY_ONLY_FIELDS and k != "stream_options"}
+        body.update(model=backend.served_name, stream=False)
+        headers = {**job.headers, "content-type": "application/json", "x-gateway-shadow": "1"}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(job.timeout_s):
+                async with self._client.session.post(
+                    backend.url + PATHS[job.endpoint], data=dumps(body), headers=headers
+                ) as response:
+                    raw = await response.read()
+                    status = response.status
+        except TimeoutError:
+            self._count(job, "timeout")
+            return None
+        except (aiohttp.ClientError, OSError) as exc:
+            log.debug("shadow request to %s failed: %s", job.model, exc)
+            self._count(job, "error")
+            return None
+        if status != 200:
+            self._count(job, "error")
+            return None
+        try:
+            parsed = loads(raw)
+        except ValueError:
+            self._count(job, "error")
+            return None
+        self._count(job, "ok")
+        elapsed = loop.time() - started
+        return answer_from_json(job.body, parsed if isinstance(parsed, dict) else {}, ttft_s=elapsed, total_s=elapsed)
+
+    def _count(self, job: ShadowJob, outcome: str) -> None:
+        self.outcomes[(job.model, job.cohort, outcome)] += 1
+        self._metrics.mirror_requests.labels(job.model, job.cohort, outcome).inc()
+
+    def snapshot(self) -> dict[str, object]:
+        agreement: dict[str, dict[str, dict[str, int]]] = {}
+        for (model, cohort, check, result), n in sorted(self.agreement.items()):
+            agreement.setdefault(f"{model}/{cohort}", {}).setdefault(check, {"agree": 0, "disagree": 0})[result] = n
+        outcomes: dict[str, dict[str, int]] = {}
+        for (model, cohort, outcome), n in sorted(self.outcomes.items()):
+            outcomes.setdefault(f"{model}/{cohort}", {})[outcome] = n
+        return {"inflight": self.inflight, "requests": outcomes, "agreement": agreement}
