@@ -105,7 +105,12 @@ TOOL_STREAM: list[dict[str, Any]] = [
         {
             "content": None,
             "tool_calls": [
-                {"id": "chatcmpl-tool-bd334808620df510", "type": "function", "index": 0, "function": {"name": "get_weather"}}
+                {
+                    "id": "chatcmpl-tool-bd334808620df510",
+                    "type": "function",
+                    "index": 0,
+                    "function": {"name": "get_weather"},
+                }
             ],
         }
     ),
@@ -180,7 +185,11 @@ def test_non_stream_refusal_field() -> None:
         ({"choices": [{"text": "ok"}], "usage": {"completion_tokens": "7"}}, "ok", (), None, None),
         ({"choices": [{"text": "ok"}], "usage": {"completion_tokens": True}}, "ok", (), None, None),
         (
-            {"choices": [{"message": {"tool_calls": [None, {"function": None}, {"id": 1, "function": {"arguments": 2}}]}}]},
+            {
+                "choices": [
+                    {"message": {"tool_calls": [None, {"function": None}, {"id": 1, "function": {"arguments": 2}}]}}
+                ]
+            },
             None,
             (ToolCall(None, None, ""), ToolCall(None, None, "")),
             None,
@@ -190,7 +199,11 @@ def test_non_stream_refusal_field() -> None:
     ],
 )
 def test_malformed_bodies_yield_less(
-    body: dict[str, Any], content: str | None, tool_calls: tuple[ToolCall, ...], finish_reason: str | None, tokens: int | None
+    body: dict[str, Any],
+    content: str | None,
+    tool_calls: tuple[ToolCall, ...],
+    finish_reason: str | None,
+    tokens: int | None,
 ) -> None:
     answer = answer_from_json(CHAT_REQUEST, body, ttft_s=None, total_s=1.0)
     assert (answer.content, answer.tool_calls, answer.finish_reason, answer.completion_tokens) == (

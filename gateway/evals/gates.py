@@ -1,9 +1,11 @@
 """EvalGates: take a model off one cohort while its eval fail rate is too high, and put it back when it recovers.
 
     ok ──(some listed evaluator: fail rate > max_fail_rate over ≥ min_samples outcomes)──▶ tripped
-    tripped ──(every listed evaluator: fail rate < reset_fail_rate over ≥ min_samples outcomes since the trip)──▶ ok
+    tripped ──(the evaluator that tripped it, and every other listed evaluator with enough new evidence:
+               fail rate < reset_fail_rate over ≥ min_samples outcomes since the trip)──▶ ok
 
-A tripped gate in ``enforce`` mode makes the planner skip the model for that cohort only (fallback reason
+Both directions judge only the outcomes since the last transition, so the failures that tripped a gate cannot trip
+it again right after it reset. A tripped gate in ``enforce`` mode makes the planner skip the model for that cohort only (fallback reason
 ``eval``); in ``observe`` mode it is only reported. Tripped models keep receiving shadow copies (``probe_sample``)
 so their windows keep filling and they can recover. A gate tripped by hand stays tripped until reset by hand.
 State is keyed by (model, cohort), so it survives a policy reload while both still exist.
@@ -31,7 +33,8 @@ class GateState:
     manual: bool = False
     since: float = 0.0
     reason: str = ""
-    seen_at_trip: dict[str, int] = field(default_factory=dict)
+    baseline: dict[str, int] = field(default_factory=dict)  # outcomes each window had seen at the last transition
+    tripped_by: str = ""  # the evaluator whose fail rate tripped it; it must recover before the gate resets
     transitions: int = 0
 
 
@@ -97,30 +100,30 @@ class EvalGates:
         if not state.tripped:
             for evaluator in gate.evaluators:
                 window = self._windows.get((model, cohort, evaluator))
-                if window is None or window.count() < min_samples:
+                new = 0 if window is None else window.seen - state.baseline.get(evaluator, 0)
+                if window is None or window.count(last=new) < min_samples:
                     continue
-                rate = window.fail_rate()
+                rate = window.fail_rate(last=new)
                 if rate > gate.max_fail_rate:
-                    reason = f"{evaluator} fail rate {rate:.3f} > {gate.max_fail_rate} over {window.count()} outcomes"
+                    n = window.count(last=new)
+                    reason = f"{evaluator} fail rate {rate:.3f} > {gate.max_fail_rate} over {n} outcomes"
+                    state.tripped_by = evaluator
                     self._set(state, gate, tripped=True, reason=reason)
                     return
             return
         if state.manual:
             return
         reset = gate.reset_fail_rate if gate.reset_fail_rate is not None else gate.max_fail_rate / 2
-        rates = []
+        judged = {}
         for evaluator in gate.evaluators:
             window = self._windows.get((model, cohort, evaluator))
-            new = 0 if window is None else window.seen - state.seen_at_trip.get(evaluator, 0)
-            if window is None or new < min_samples:
-                if window is not None or evaluator != "user_feedback":
-                    return
-                continue  # no feedback arrives for a model users do not see: do not wait for it
-            rate = window.fail_rate(last=new)
-            if rate >= reset:
-                return
-            rates.append(f"{evaluator} {rate:.3f}")
-        self._set(state, gate, tripped=False, reason=f"recovered below {reset}: " + ", ".join(rates))
+            new = 0 if window is None else window.seen - state.baseline.get(evaluator, 0)
+            if window is not None and new >= min_samples:
+                judged[evaluator] = window.fail_rate(last=new)
+        if state.tripped_by not in judged or any(rate >= reset for rate in judged.values()):
+            return  # the evaluator that tripped it lacks new evidence, or something still fails too often
+        rates = ", ".join(f"{e} {r:.3f}" for e, r in judged.items())
+        self._set(state, gate, tripped=False, reason=f"recovered below {reset}: {rates}")
 
     def trip(self, model: str, cohort: str, reason: str = "tripped by hand") -> GateState:
         state = self.state(model, cohort)
@@ -138,12 +141,11 @@ class EvalGates:
     def _set(self, state: GateState, gate: GateSpec | None, *, tripped: bool, reason: str) -> None:
         changed = state.tripped != tripped
         state.tripped, state.reason, state.since = tripped, reason, self._clock()
-        if tripped:
-            state.seen_at_trip = {
-                e: w.seen
-                for e in (gate.evaluators if gate else ())
-                if (w := self._windows.get((state.model, state.cohort, e))) is not None
-            }
+        state.baseline = {
+            e: w.seen
+            for e in (gate.evaluators if gate else ())
+            if (w := self._windows.get((state.model, state.cohort, e))) is not None
+        }
         if not changed:
             return
         state.transitions += 1
