@@ -6,9 +6,9 @@
 
 Both directions judge only the outcomes since the last transition, so the failures that tripped a gate cannot trip
 it again right after it reset. A tripped gate in ``enforce`` mode makes the planner skip the model for that cohort
-only (fallback reason ``eval``); in ``observe`` mode it is only reported. Tripped models keep receiving shadow copies (``probe_sample``)
-so their windows keep filling and they can recover. A gate tripped by hand stays tripped until reset by hand.
-State is keyed by (model, cohort), so it survives a policy reload while both still exist.
+only (fallback reason ``eval``); in ``observe`` mode it is only reported. Tripped models keep receiving shadow
+copies (``probe_sample``) so their windows keep filling and they can recover. A gate tripped by hand stays tripped
+until reset by hand. State is keyed by (model, cohort), so it survives a policy reload while both still exist.
 """
 
 from __future__ import annotations
