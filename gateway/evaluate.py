@@ -57,6 +57,7 @@ def start_shadows(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> 
             max_inflight=spec.max_inflight,
             timeout_s=spec.timeout_s,
             primary=primary,
+            capture=spec.capture,
         )
         gateway.shadows.submit(job)
     return primary

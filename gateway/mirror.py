@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ from typing import Any
 
 import aiohttp
 
+from gateway.capture import CaptureWriter
 from gateway.evals.agreement import compare
 from gateway.evals.answer import FinishedAnswer, answer_from_json
 from gateway.evals.recorder import EvalRecorder
+from gateway.policy.schema import CaptureSpec
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.transport import GATEWAY_ONLY_FIELDS, PATHS
 from gateway.upstream.client import UpstreamClient
@@ -42,6 +45,7 @@ class ShadowJob:
     max_inflight: int
     timeout_s: float
     primary: asyncio.Future[FinishedAnswer | None]
+    capture: CaptureSpec | None = None
 
 
 class _Lane:
@@ -69,6 +73,7 @@ class ShadowDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.agreement: Counter[tuple[str, str, str, str]] = Counter()  # (model, cohort, check, result)
         self.outcomes: Counter[tuple[str, str, str]] = Counter()  # (model, cohort, outcome)
+        self._writers: dict[str, CaptureWriter] = {}
 
     def submit(self, job: ShadowJob) -> bool:
         """Queue ``job``; False (and counted as dropped) when its target is at capacity."""
@@ -108,10 +113,35 @@ class ShadowDispatcher:
             return
         if primary is None:
             return
-        for check, agreed in compare(primary, answer).items():
+        checks = compare(primary, answer)
+        for check, agreed in checks.items():
             result = "agree" if agreed else "disagree"
             self.agreement[(job.model, job.cohort, check, result)] += 1
             self._metrics.mirror_agreement.labels(job.model, job.cohort, check, result).inc()
+        if job.capture is not None:
+            self._capture(job, primary, answer, checks)
+
+    def _capture(
+        self, job: ShadowJob, primary: FinishedAnswer, shadow: FinishedAnswer, checks: dict[str, bool]
+    ) -> None:
+        assert job.capture is not None
+        spec = job.capture
+        writer = self._writers.get(spec.path)
+        if writer is None or (writer.max_bytes, writer.keep) != (spec.max_bytes, spec.keep):
+            writer = self._writers[spec.path] = CaptureWriter(spec.path, spec.max_bytes, spec.keep)
+        writer.write(
+            {
+                "time": time.time(),
+                "request_id": job.headers.get("x-request-id"),
+                "cohort": job.cohort,
+                "candidate": job.model,
+                "reason": job.reason,
+                "request": job.body,
+                "primary": _summary(primary),
+                "shadow": _summary(shadow),
+                "agreement": checks,
+            }
+        )
 
     async def _send(self, job: ShadowJob) -> FinishedAnswer | None:
         pool = self._registry().pools.get(job.model)
@@ -163,3 +193,12 @@ class ShadowDispatcher:
         for (model, cohort, outcome), n in sorted(self.outcomes.items()):
             outcomes.setdefault(f"{model}/{cohort}", {})[outcome] = n
         return {"inflight": self.inflight, "requests": outcomes, "agreement": agreement}
+
+
+def _summary(answer: FinishedAnswer) -> dict[str, Any]:
+    return {
+        "content": answer.content,
+        "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in answer.tool_calls],
+        "finish_reason": answer.finish_reason,
+        "total_s": round(answer.total_s, 4),
+    }

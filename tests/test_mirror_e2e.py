@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
 import time
@@ -161,3 +162,25 @@ def test_failing_candidate_is_invisible_to_clients(stack: Stack) -> None:
     assert httpx.get(f"{stack.url}/admin/state", headers=auth).json()["mirror"]["requests"]["candidate/mirrored"] == {
         "error": 5
     }
+
+
+def test_capture_writes_pairs_with_a_size_cap_and_rotation(tmp_path: Any) -> None:
+    capture = tmp_path / "pairs.jsonl"
+    policy = POLICY.replace("${sample}", "1.0").replace(
+        "mirror: {to: [primary, candidate], sample: 1.0}",
+        f'mirror: {{to: [candidate], sample: 1.0, capture: {{path: "{capture}", max_bytes: 4000, keep: 2}}}}',
+    )
+    with Stack(policy, SIMS) as stack:
+        stack.configure("primary", {"set": {"output_tokens": 60}})
+        stack.configure("candidate", {"set": {"output_tokens": 60}})
+        for i in range(12):
+            chat(stack, mirror="self", request_id=f"cap-{i}", max_tokens=60)
+        assert stack.wait_for(lambda: shadows(stack) == 12)
+        time.sleep(0.2)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["pairs.jsonl", "pairs.jsonl.1", "pairs.jsonl.2"]
+    assert all((tmp_path / name).stat().st_size <= 4000 for name in files)
+    records = [json.loads(line) for line in capture.read_text().splitlines()]
+    assert records and records[-1]["request_id"] == "cap-11"
+    assert set(records[-1]) >= {"request", "primary", "shadow", "agreement", "cohort", "candidate"}
+    assert records[-1]["candidate"] == "candidate" and records[-1]["cohort"] == "self_mirror"

@@ -84,6 +84,14 @@ class CohortSpec(Strict):
         return self
 
 
+class CaptureSpec(Strict):
+    """Write (request, primary answer, shadow answer) as JSON lines, for offline review."""
+
+    path: str = Field(min_length=1)
+    max_bytes: PositiveInt = 10 * 1024 * 1024
+    keep: Annotated[int, Field(ge=0)] = 3
+
+
 class MirrorSpec(Strict):
     """Shadow copies of a sampled share of the route's traffic, sent to candidate models."""
 
@@ -91,6 +99,7 @@ class MirrorSpec(Strict):
     sample: Fraction = 0.1
     max_inflight: PositiveInt = 32
     timeout_s: PositiveFloat = 30.0
+    capture: CaptureSpec | None = None
 
 
 class RouteSpec(Strict):
