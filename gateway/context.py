@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from opentelemetry.trace import INVALID_SPAN, Span
+
 from gateway.evals.answer import StreamAssembler
 from gateway.routing.cohorts import CohortDecision
 from gateway.routing.planner import Plan
@@ -57,6 +59,9 @@ class RequestContext:
     stream_error: str | None = None
     answer_json: dict[str, Any] | None = None  # the non-stream answer as parsed (for evaluators)
     assembler: StreamAssembler | None = None  # collects a streamed answer (for evaluators)
+    upstream_model: str | None = None  # what vLLM answered in ``model`` (its served name)
+    server_span: Span = INVALID_SPAN
+    record_content: bool = False  # the policy's telemetry.record_content, for this request's spans
 
     @property
     def stream(self) -> bool:

@@ -18,6 +18,7 @@ from gateway.errors import AttemptsExhausted, NoBackendAvailable, UpstreamError,
 from gateway.policy.schema import PolicySpec, RouteSpec
 from gateway.routing.features import RequestFeatures
 from gateway.runtime import Gateway
+from gateway.spans import close_attempt_span, open_attempt_span
 from gateway.transport import Answer, single_attempt
 from gateway.upstream.client import Timeouts
 from gateway.upstream.pool import Backend
@@ -121,22 +122,26 @@ async def _attempt(gateway: Gateway, ctx: RequestContext, backend: Backend, time
     """One call with its bookkeeping: in-flight count, breaker verdict, attempt record."""
     record = AttemptRecord(model=backend.model, backend=backend.url, number=len(ctx.attempts) + 1)
     ctx.attempts.append(record)
+    span = open_attempt_span(gateway.tracing, ctx, backend.model, backend.url, record.number)
     backend.inflight += 1
     started = time.perf_counter()
     try:
-        answer = await single_attempt(ctx, gateway.client, backend, timeouts, record)
+        answer = await single_attempt(ctx, gateway.client, backend, timeouts, record, span)
     except UpstreamError as exc:
         backend.inflight -= 1
         record.outcome = exc.fallback_reason
         record.error = exc.describe()
         if exc.status != 429:  # backpressure is not a sign of a broken backend
             backend.breaker.record(ok=not exc.retryable, latency_s=time.perf_counter() - started)
+        close_attempt_span(ctx, span, error=exc.describe(), error_type=exc.code or type(exc).__name__)
         raise
     except BaseException:
         backend.inflight -= 1
         backend.breaker.release()
+        close_attempt_span(ctx, span, error="cancelled", error_type="cancelled")
         raise
     backend.breaker.record(ok=True, latency_s=time.perf_counter() - started)
     if answer.events is None:
-        backend.inflight -= 1  # a stream keeps its slot until the relay ends
+        backend.inflight -= 1  # a stream keeps its slot (and its span) until the relay ends
+        close_attempt_span(ctx, span)
     return answer

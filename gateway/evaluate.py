@@ -58,6 +58,7 @@ def start_shadows(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> 
             timeout_s=spec.timeout_s,
             primary=primary,
             capture=spec.capture,
+            primary_span=ctx.server_span,
         )
         gateway.shadows.submit(job)
     return primary

@@ -17,8 +17,10 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+from opentelemetry.trace import Span
 
 from gateway.capture import CaptureWriter
 from gateway.evals.agreement import compare
@@ -26,6 +28,7 @@ from gateway.evals.answer import FinishedAnswer, answer_from_json
 from gateway.evals.recorder import EvalRecorder
 from gateway.policy.schema import CaptureSpec
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import Tracing, end_attempt, request_attributes
 from gateway.transport import GATEWAY_ONLY_FIELDS, PATHS
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.pool import BackendRegistry
@@ -46,6 +49,7 @@ class ShadowJob:
     timeout_s: float
     primary: asyncio.Future[FinishedAnswer | None]
     capture: CaptureSpec | None = None
+    primary_span: Span | None = None
 
 
 class _Lane:
@@ -64,7 +68,9 @@ class ShadowDispatcher:
         registry: Callable[[], BackendRegistry],
         recorder: Callable[[], EvalRecorder],
         metrics: GatewayMetrics,
+        tracing: Tracing,
     ) -> None:
+        self._tracing = tracing
         self._client = client
         self._registry = registry
         self._recorder = recorder
@@ -153,12 +159,61 @@ class ShadowDispatcher:
         body = {k: v for k, v in job.body.items() if k not in GATEWAY_ONLY_FIELDS and k != "stream_options"}
         body.update(model=backend.served_name, stream=False)
         headers = {**job.headers, "content-type": "application/json", "x-gateway-shadow": "1"}
+        address = urlsplit(backend.url)
+        span = self._tracing.shadow_span(
+            job.primary_span,
+            job.endpoint,
+            job.model,
+            {
+                **request_attributes(body),
+                "server.address": address.hostname,
+                "server.port": address.port,
+                "gateway.cohort": job.cohort,
+                "gateway.shadow.reason": job.reason,
+            },
+        )
+        Tracing.inject(span, headers)
+        try:
+            answer = await self._post(job, backend.url, body, headers)
+        except BaseException:
+            end_attempt(
+                span,
+                response_model=None,
+                prompt_tokens=None,
+                completion_tokens=None,
+                finish_reasons=(),
+                error_type="cancelled",
+            )
+            raise
+        if answer is None:
+            end_attempt(
+                span,
+                response_model=None,
+                prompt_tokens=None,
+                completion_tokens=None,
+                finish_reasons=(),
+                error_type="shadow_failed",
+            )
+            return None
+        finished, usage, model = answer
+        end_attempt(
+            span,
+            response_model=model,
+            prompt_tokens=usage.get("prompt_tokens"),
+            completion_tokens=usage.get("completion_tokens"),
+            finish_reasons=[finished.finish_reason] if finished.finish_reason else (),
+        )
+        return finished
+
+    async def _post(
+        self, job: ShadowJob, base_url: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> tuple[FinishedAnswer, dict[str, Any], str | None] | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
             async with asyncio.timeout(job.timeout_s):
                 async with self._client.session.post(
-                    backend.url + PATHS[job.endpoint], data=dumps(body), headers=headers
+                    base_url + PATHS[job.endpoint], data=dumps(body), headers=headers
                 ) as response:
                     raw = await response.read()
                     status = response.status
@@ -179,7 +234,10 @@ class ShadowDispatcher:
             return None
         self._count(job, "ok")
         elapsed = loop.time() - started
-        return answer_from_json(job.body, parsed if isinstance(parsed, dict) else {}, ttft_s=elapsed, total_s=elapsed)
+        parsed = parsed if isinstance(parsed, dict) else {}
+        usage: dict[str, Any] = parsed["usage"] if isinstance(parsed.get("usage"), dict) else {}
+        model: str | None = parsed["model"] if isinstance(parsed.get("model"), str) else None
+        return answer_from_json(job.body, parsed, ttft_s=elapsed, total_s=elapsed), usage, model
 
     def _count(self, job: ShadowJob, outcome: str) -> None:
         self.outcomes[(job.model, job.cohort, outcome)] += 1

@@ -20,6 +20,7 @@ from gateway.routing.features import RequestFeatures
 from gateway.routing.planner import ModelFilter
 from gateway.runtime import Gateway
 from gateway.snapshot import PolicySnapshot
+from gateway.spans import close_server_span, open_server_span
 
 
 @dataclass
@@ -32,7 +33,9 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
     snapshot = gateway.snapshot  # read once: a reload mid-request does not change this request's policy
     policy = snapshot.policy.spec
     ctx.policy_version = snapshot.version
+    ctx.record_content = policy.telemetry.record_content
     gateway.metrics.inflight.inc()
+    open_server_span(gateway.tracing, ctx)
     try:
         classify_and_plan(snapshot, ctx, gateway.model_filter)
         answer = await with_fallbacks(gateway, ctx, policy)
@@ -40,9 +43,11 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
         ctx.status = exc.status
         gateway.metrics.inflight.dec()
         record(gateway.metrics, ctx)
+        close_server_span(ctx, exc.status)
         raise
     except BaseException:
         gateway.metrics.inflight.dec()
+        close_server_span(ctx, 499)
         raise
     ctx.first_byte_at = time.perf_counter()
     primary = start_shadows(gateway, ctx, policy)
@@ -51,6 +56,7 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
         gateway.metrics.inflight.dec()
         finish(gateway, ctx, primary)
         record(gateway.metrics, ctx)
+        close_server_span(ctx, ctx.status)
 
     if answer.events is None:
         done()

@@ -28,9 +28,13 @@ def record(m: GatewayMetrics, ctx: RequestContext) -> None:
         return
     if ctx.first_byte_at is not None:
         m.ttft.labels(cohort, model).observe(ctx.first_byte_at - ctx.started)
+    operation = "chat" if ctx.endpoint == "chat" else "text_completion"
+    m.genai_duration.labels(operation, "vllm", model).observe(time.perf_counter() - ctx.started)
     if ctx.usage is not None:
         m.tokens.labels("input", cohort, model).inc(ctx.usage.prompt_tokens)
         m.tokens.labels("output", cohort, model).inc(ctx.usage.completion_tokens)
+        m.genai_token_usage.labels(operation, "vllm", model, "input").observe(ctx.usage.prompt_tokens)
+        m.genai_token_usage.labels(operation, "vllm", model, "output").observe(ctx.usage.completion_tokens)
         if ctx.stream and ctx.first_byte_at is not None and ctx.usage.completion_tokens > 1:
             decode = time.perf_counter() - ctx.first_byte_at
             m.tpot.labels(cohort, model).observe(decode / (ctx.usage.completion_tokens - 1))

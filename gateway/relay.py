@@ -13,6 +13,7 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.spans import close_attempt_span
 from gateway.transport import Answer, note_usage
 from gateway.wire import SSE_DONE, error_body, loads, sse_event
 
@@ -40,6 +41,8 @@ def _rewrite(ctx: RequestContext, payload: bytes, model: str) -> bytes | None:
         if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
             ctx.finish_reasons.append(choice["finish_reason"])
     if "model" in chunk:
+        if ctx.upstream_model is None and isinstance(chunk["model"], str):
+            ctx.upstream_model = chunk["model"]
         chunk["model"] = model
     return sse_event(chunk)
 
@@ -77,4 +80,5 @@ async def relay_stream(
     finally:
         answer.response.close()
         answer.backend.inflight -= 1
+        close_attempt_span(ctx, answer.span, error=ctx.stream_error)
         on_done()

@@ -11,12 +11,14 @@ import logging
 import time
 from collections.abc import Callable
 
+from gateway.evals.gates import Transition
 from gateway.evals.recorder import EvalRecorder
 from gateway.mirror import ShadowDispatcher
 from gateway.policy.loader import LoadedPolicy
 from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.tracing import Tracing
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health import HealthChecker
 from gateway.upstream.pool import BackendRegistry
@@ -36,7 +38,9 @@ class Gateway:
         sim_profile: SimProfile = EMBEDDED_SIM_PROFILE,
         clock: Callable[[], float] = time.monotonic,
         run_health_checks: bool = True,
+        tracing: Tracing | None = None,
     ) -> None:
+        self.tracing = tracing or Tracing()
         self.run_health_checks = run_health_checks
         self.snapshot = PolicySnapshot.build(policy, rng)
         self.metrics = GatewayMetrics()
@@ -47,8 +51,10 @@ class Gateway:
         self._sim_profile = sim_profile
         self._clock = clock
         self.health = HealthChecker(lambda: self.registry, self.client, lambda: self.snapshot.policy.spec.health)
-        self.recorder = EvalRecorder(policy.spec.evals, self.metrics, clock)
-        self.shadows = ShadowDispatcher(self.client, lambda: self.registry, lambda: self.recorder, self.metrics)
+        self.recorder = EvalRecorder(policy.spec.evals, self.metrics, clock, self._gate_transition)
+        self.shadows = ShadowDispatcher(
+            self.client, lambda: self.registry, lambda: self.recorder, self.metrics, self.tracing
+        )
 
     async def start(self) -> None:
         await self.client.start()
@@ -63,6 +69,7 @@ class Gateway:
     async def close(self) -> None:
         await self.health.stop()
         await self.shadows.close()
+        self.tracing.shutdown()
         await self.client.close()
         for sim in self.sims.values():
             await sim.stop()
@@ -99,6 +106,12 @@ class Gateway:
         if self.recorder.gates.blocks(model, cohort):
             return "eval"
         return self.registry.skip_reason(model, cohort)
+
+    def _gate_transition(self, transition: Transition) -> None:
+        name = "eval_gate_tripped" if transition.tripped else "eval_gate_reset"
+        attributes = {"gateway.model": transition.model, "gateway.cohort": transition.cohort}
+        attributes.update({"gateway.gate.mode": transition.mode, "gateway.gate.reason": transition.reason})
+        self.tracing.event_span(name, attributes)
 
     def state(self) -> dict[str, object]:
         """What ``GET /admin/state`` shows: backends (health, breakers), eval windows and gates, mirroring."""

@@ -12,8 +12,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry.trace import Span
+
 from gateway.context import AttemptRecord, RequestContext, Usage
 from gateway.errors import UpstreamError, UpstreamStatus
+from gateway.telemetry.tracing import Tracing
 from gateway.upstream.client import Timeouts, UpstreamClient, UpstreamResponse
 from gateway.upstream.pool import Backend
 from gateway.wire import dumps, loads
@@ -28,6 +31,7 @@ class Answer:
 
     model: str
     backend: Backend
+    span: Span
     body: bytes | None = None
     first_event: bytes | None = None
     events: AsyncIterator[bytes] | None = None
@@ -60,6 +64,7 @@ def rewrite_json_answer(ctx: RequestContext, raw: bytes, model: str) -> bytes:
         return raw
     if not isinstance(parsed, dict):
         return raw
+    ctx.upstream_model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
     parsed["model"] = model
     ctx.answer_json = parsed
     note_usage(ctx, parsed.get("usage"))
@@ -78,18 +83,25 @@ def note_usage(ctx: RequestContext, usage: Any) -> None:
 
 
 async def single_attempt(
-    ctx: RequestContext, client: UpstreamClient, backend: Backend, timeouts: Timeouts, record: AttemptRecord
+    ctx: RequestContext,
+    client: UpstreamClient,
+    backend: Backend,
+    timeouts: Timeouts,
+    record: AttemptRecord,
+    span: Span,
 ) -> Answer:
     url = backend.url + PATHS[ctx.endpoint]
+    headers = upstream_headers(ctx)
+    Tracing.inject(span, headers)
     started = time.perf_counter()
     try:
-        response = await client.post(url, upstream_body(ctx, backend.served_name), upstream_headers(ctx), timeouts)
+        response = await client.post(url, upstream_body(ctx, backend.served_name), headers, timeouts)
         record.status = response.status
         if response.status != 200:
             raise UpstreamStatus(response.status, await response.read())
         if not ctx.stream:
             raw = await response.read()
-            return Answer(backend.model, backend, body=rewrite_json_answer(ctx, raw, backend.model))
+            return Answer(backend.model, backend, span, body=rewrite_json_answer(ctx, raw, backend.model))
         events = response.events()
         try:
             first = await anext(events)
@@ -99,7 +111,7 @@ async def single_attempt(
         except BaseException:
             response.close()
             raise
-        return Answer(backend.model, backend, first_event=first, events=events, response=response)
+        return Answer(backend.model, backend, span, first_event=first, events=events, response=response)
     except UpstreamError as exc:
         exc.backend = exc.backend or backend.url
         raise

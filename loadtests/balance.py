@@ -21,10 +21,12 @@ import random
 import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import loadkit
+import uvloop
 from loadkit import Block, GatewayProcess, Sample
 
 from gateway.sim import ModelProfile, SimProfile, SimServer
@@ -79,7 +81,7 @@ class Plan:
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
-        return cls(rounds=1, requests_per_block=64, settle_s=0.1) if quick else cls(4, 320, 0.7)
+        return cls(rounds=1, requests_per_block=48, settle_s=0.1) if quick else cls(4, 320, 0.7)
 
 
 class ExternalLoad:
@@ -139,7 +141,8 @@ async def _run_scenario(
     blocks: dict[str, list[Block]] = {"off": [], "on": []}
     to_slow = {"off": 0, "on": 0}
     async with ExternalLoad(sims["a"].url, scenario.external_clients, seed + 1) as external:
-        await asyncio.sleep(SCRAPE_INTERVAL_S * 2 + plan.settle_s)  # both gateways have scraped the steady state
+        if scenario.external_clients:  # both gateways have scraped the external queue
+            await asyncio.sleep(SCRAPE_INTERVAL_S + 0.1 + plan.settle_s)
         for r in range(plan.rounds):
             for variant in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 gateway = gateways[variant]
@@ -200,7 +203,7 @@ async def main() -> int:
                 policy = POLICY.format(
                     model=MODEL, a=sims["a"].url, b=sims["b"].url, interval=SCRAPE_INTERVAL_S, scrape=scrape
                 )
-                gateways[variant] = GatewayProcess(policy, f"balance-{variant}", loadkit.Path(tmp))
+                gateways[variant] = GatewayProcess(policy, f"balance-{variant}", Path(tmp))
             await asyncio.gather(*(stack.enter_async_context(g) for g in gateways.values()))
             sessions = {v: await stack.enter_async_context(loadkit.new_session(CONCURRENCY)) for v in gateways}
             for variant, gateway in gateways.items():  # warm up: connections, first-request code paths
@@ -245,4 +248,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(asyncio.run(main()))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        raise SystemExit(runner.run(main()))

@@ -24,6 +24,7 @@ from gateway.api.app import create_app
 from gateway.policy import load_policy
 from gateway.runtime import Gateway
 from gateway.sim import SimProfile, SimServer
+from gateway.telemetry.tracing import Tracing
 
 T = TypeVar("T")
 
@@ -45,7 +46,9 @@ class Stack:
         *,
         sim_profile: SimProfile | None = None,
         rng: Callable[[], float] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self._template = policy_template
         self._sims_spec = sims
         self._sim_profile = sim_profile
@@ -89,7 +92,7 @@ class Stack:
             self.sims[name] = server
         urls = {name: server.url for name, server in self.sims.items()}
         self.policy_path.write_text(string.Template(self._template).substitute(urls), encoding="utf-8")
-        self.gateway = Gateway(load_policy(self.policy_path), rng=self._rng)
+        self.gateway = Gateway(load_policy(self.policy_path), rng=self._rng, tracing=self._tracing)
         sock = _bound_socket()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(create_app(self.gateway), log_level="warning", lifespan="on", access_log=False)

@@ -204,6 +204,12 @@ class EvalsSpec(Strict):
         return next((g for g in self.gates if model in g.models and cohort in g.cohorts), None)
 
 
+class TelemetrySpec(Strict):
+    record_content: bool = Field(
+        default=False, description="put prompts and completions on spans (off: privacy by default)"
+    )
+
+
 class LimitsSpec(Strict):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
 
@@ -220,6 +226,7 @@ class PolicySpec(Strict):
     health: HealthSpec = HealthSpec()
     evals: EvalsSpec = EvalsSpec()
     limits: LimitsSpec = LimitsSpec()
+    telemetry: TelemetrySpec = TelemetrySpec()
 
     def served_name(self, model: str) -> str:
         return self.models[model].served_name or model

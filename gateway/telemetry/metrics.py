@@ -122,6 +122,20 @@ class GatewayMetrics:
             ["model", "cohort"],
             registry=r,
         )
+        self.genai_token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "OpenTelemetry GenAI metric gen_ai.client.token.usage (tokens per operation).",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
+            buckets=(1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144),
+            registry=r,
+        )
+        self.genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "OpenTelemetry GenAI metric gen_ai.client.operation.duration.",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)
         self.policy_reloads = Counter(p + "policy_reloads", "Policy loads by outcome.", ["outcome"], registry=r)
 
