@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal
+
+import uvicorn
+import uvloop
 
 from gateway.policy import PolicyError, load_policy
 
@@ -21,6 +26,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--admin-port", type=int, help="serve /admin/* on this port only (not on --port)")
+    serve.add_argument("--no-watch", action="store_true", help="do not reload when the policy file changes")
 
     check = commands.add_parser("check", help="validate policy files")
     check.add_argument("paths", nargs="+")
@@ -38,15 +45,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sim.add_argument("--model", action="append", required=True, help="a served model name (repeatable)")
     sim.add_argument("--profile", help="YAML/JSON simulator profile")
 
+    commands.add_parser("schema", help="print the JSON Schema of policy files (for editors)")
+
     args = parser.parse_args(argv)
-    handler = {"serve": _serve, "check": _check, "explain": _explain, "sim": _sim}[args.command]
+    handler = {"serve": _serve, "check": _check, "explain": _explain, "sim": _sim, "schema": _schema}[args.command]
     return handler(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from gateway.api.app import create_app
+    from gateway.api.app import create_admin_app, create_app
     from gateway.runtime import Gateway
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -55,17 +62,31 @@ def _serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
-    app = create_app(Gateway(policy))
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        loop="uvloop",
-        http="httptools",
-        log_level=args.log_level.lower(),
-        access_log=False,
-    )
+    gateway = Gateway(policy, watch_policy=not args.no_watch)
+    app = create_app(gateway, admin=args.admin_port is None)
+    admin_app = create_admin_app(gateway) if args.admin_port is not None else None
+    level = args.log_level.lower()
+    servers = [uvicorn.Server(_config(app, args.host, args.port, level, lifespan="on"))]
+    if admin_app is not None:
+        servers.append(uvicorn.Server(_config(admin_app, args.host, args.admin_port, level, lifespan="off")))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(_serve_all(servers))
     return 0
+
+
+def _config(app: Any, host: str, port: int, level: str, lifespan: Literal["on", "off"]) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=host, port=port, http="httptools", log_level=level, access_log=False, lifespan=lifespan
+    )
+
+
+async def _serve_all(servers: list[uvicorn.Server]) -> None:
+    """Run the API (and the optional admin listener) in one event loop; when one stops, stop the other."""
+    tasks = [asyncio.create_task(server.serve()) for server in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -110,6 +131,13 @@ def _explain(args: argparse.Namespace) -> int:
         request_id=args.request_id,
     )
     print(json.dumps(result, indent=2) if args.json else render_text(result))
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from gateway.policy.jsonschema import policy_json_schema
+
+    print(json.dumps(policy_json_schema(), indent=2))
     return 0
 
 

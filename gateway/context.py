@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
+from gateway.auth import ClientKey
 from gateway.evals.answer import StreamAssembler
 from gateway.routing.cohorts import CohortDecision
 from gateway.routing.planner import Plan
@@ -62,6 +63,8 @@ class RequestContext:
     upstream_model: str | None = None  # what vLLM answered in ``model`` (its served name)
     server_span: Span = INVALID_SPAN
     record_content: bool = False  # the policy's telemetry.record_content, for this request's spans
+    client_key: ClientKey | None = None  # the authenticated key, when the policy has ``keys``
+    forward_headers: tuple[str, ...] = ()  # client headers passed on to backends (policy limits.forward_headers)
 
     @property
     def stream(self) -> bool:

@@ -71,7 +71,8 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
     while index < len(plan.attempts):
         model = plan.attempts[index]
         index += 1
-        replicas = gateway.registry.pools[model].order(REPLICAS_PER_MODEL, key)
+        pool = gateway.registry.pools.get(model)  # None: a reload removed the model mid-request
+        replicas = pool.order(REPLICAS_PER_MODEL, key) if pool is not None else []
         if not replicas:
             reason = gateway.registry.skip_reason(model, ctx.cohort) or "unhealthy"
             err = NoBackendAvailable(f"no available backend for {model} ({reason})")

@@ -36,6 +36,10 @@ class GatewayError(Exception):
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, param=self.param, code=self.code)
 
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error needs (``retry-after`` for 429)."""
+        return {}
+
 
 class InvalidRequest(GatewayError):
     status = 400

@@ -10,10 +10,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from gateway.auth import allow_cohort, allow_model
 from gateway.context import RequestContext
 from gateway.dispatch import with_fallbacks
-from gateway.errors import GatewayError, ModelNotFound
+from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.evaluate import finish, start_shadows
+from gateway.policy.schema import PolicySpec
 from gateway.record import record
 from gateway.relay import relay_stream
 from gateway.routing.features import RequestFeatures
@@ -29,15 +31,19 @@ class ProxyResult:
     stream: AsyncIterator[bytes] | None = None
 
 
-async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
-    snapshot = gateway.snapshot  # read once: a reload mid-request does not change this request's policy
+async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot) -> ProxyResult:
+    """Serve one parsed request under ``snapshot`` (the policy the API read once for it)."""
     policy = snapshot.policy.spec
     ctx.policy_version = snapshot.version
     ctx.record_content = policy.telemetry.record_content
+    ctx.forward_headers = tuple(h.lower() for h in policy.limits.forward_headers)
     gateway.metrics.inflight.inc()
     open_server_span(gateway.tracing, ctx)
     try:
+        authorize(gateway, ctx)
         classify_and_plan(snapshot, ctx, gateway.model_filter)
+        allow_cohort(ctx.client_key, ctx.cohort)
+        check_route_limits(policy, ctx)
         answer = await with_fallbacks(gateway, ctx, policy)
     except GatewayError as exc:
         ctx.status = exc.status
@@ -54,6 +60,8 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
 
     def done() -> None:
         gateway.metrics.inflight.dec()
+        if ctx.client_key is not None and ctx.usage is not None:
+            gateway.limiter.charge_tokens(ctx.client_key.name, ctx.client_key.spec.rate_limit, ctx.usage.total_tokens)
         finish(gateway, ctx, primary)
         record(gateway.metrics, ctx)
         close_server_span(ctx, ctx.status)
@@ -65,10 +73,26 @@ async def handle(gateway: Gateway, ctx: RequestContext) -> ProxyResult:
     return ProxyResult(stream=relay_stream(ctx, answer, done, deadline))
 
 
+def authorize(gateway: Gateway, ctx: RequestContext) -> None:
+    """The key may use the requested model and is within its rate limits (auth itself happened at the API)."""
+    key = ctx.client_key
+    if key is None:
+        return
+    allow_model(key, str(ctx.body.get("model")))
+    gateway.limiter.admit(key.name, key.spec.rate_limit)
+
+
+def check_route_limits(policy: PolicySpec, ctx: RequestContext) -> None:
+    limit = policy.route_for(ctx.cohort)[1].max_tokens
+    asked = ctx.body.get("max_completion_tokens", ctx.body.get("max_tokens"))
+    if limit is not None and isinstance(asked, int) and asked > limit:
+        raise InvalidRequest(f"max_tokens={asked} is over this route's limit of {limit}", param="max_tokens")
+
+
 def classify_and_plan(snapshot: PolicySnapshot, ctx: RequestContext, skip: ModelFilter) -> None:
     model = ctx.body.get("model")
     if not isinstance(model, str) or not snapshot.knows_model(model):
         raise ModelNotFound(str(model))
-    features = RequestFeatures(ctx.body, ctx.headers)
+    features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
     ctx.decision = snapshot.classifier.classify(features)
     ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id, skip)

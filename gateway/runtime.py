@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from gateway.evals.gates import Transition
 from gateway.evals.recorder import EvalRecorder
 from gateway.mirror import ShadowDispatcher
 from gateway.policy.loader import LoadedPolicy
+from gateway.policy.schema import PolicySpec
+from gateway.ratelimit import RateLimiter
+from gateway.reload import PolicyReloader
 from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
 from gateway.telemetry.metrics import GatewayMetrics
@@ -39,8 +43,12 @@ class Gateway:
         clock: Callable[[], float] = time.monotonic,
         run_health_checks: bool = True,
         tracing: Tracing | None = None,
+        watch_policy: bool = True,
     ) -> None:
+        self.watch_policy = watch_policy
+        self.reloader = PolicyReloader(self, policy.path)
         self.tracing = tracing or Tracing()
+        self.limiter = RateLimiter(clock)
         self.run_health_checks = run_health_checks
         self.snapshot = PolicySnapshot.build(policy, rng)
         self.metrics = GatewayMetrics()
@@ -58,15 +66,27 @@ class Gateway:
 
     async def start(self) -> None:
         await self.client.start()
-        await self._start_sims()
+        await self._start_sims(self.snapshot.policy.spec)
         self.registry = BackendRegistry.from_policy(self.snapshot.policy.spec, self._resolve, self._clock)
         self.metrics.set_policy(self.snapshot.version)
         self.metrics.policy_reloads.labels("loaded").inc()
         log.info("policy %s loaded from %s", self.snapshot.version, self.snapshot.policy.path)
         if self.run_health_checks:
             self.health.start()
+        self.reloader.start(watch=self.watch_policy and Path(self.snapshot.policy.path).exists())
+
+    async def apply_policy(self, policy: LoadedPolicy) -> None:
+        """Swap in a validated policy; pools, breakers, health and eval state of what still exists are kept."""
+        spec = policy.spec
+        snapshot = PolicySnapshot.build(policy, self._rng)
+        await self._start_sims(spec)
+        registry = BackendRegistry.from_policy(spec, self._resolve, self._clock, previous=self.registry)
+        self.snapshot, self.registry = snapshot, registry  # no await in between: requests see both or neither
+        self.recorder.reconfigure(spec.evals, set(spec.models), {c.name for c in spec.cohorts})
+        self.metrics.set_policy(snapshot.version)
 
     async def close(self) -> None:
+        await self.reloader.stop()
         await self.health.stop()
         await self.shadows.close()
         self.tracing.shutdown()
@@ -75,8 +95,7 @@ class Gateway:
             await sim.stop()
         self.sims.clear()
 
-    async def _start_sims(self) -> None:
-        spec = self.snapshot.policy.spec
+    async def _start_sims(self, spec: PolicySpec) -> None:
         served: dict[str, list[str]] = {}
         for name, model in spec.models.items():
             for url in model.backends:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.auth import KeyRing
 from gateway.policy.loader import LoadedPolicy
 from gateway.routing.cohorts import CohortClassifier
 from gateway.routing.planner import Planner
@@ -19,10 +20,12 @@ class PolicySnapshot:
     policy: LoadedPolicy
     classifier: CohortClassifier
     planner: Planner
+    keys: KeyRing
 
     @classmethod
     def build(cls, policy: LoadedPolicy, rng: Callable[[], float] | None = None) -> PolicySnapshot:
-        return cls(policy, CohortClassifier(policy.spec), Planner(policy.spec, rng))
+        spec = policy.spec
+        return cls(policy, CohortClassifier(spec), Planner(spec, rng), KeyRing(spec.keys))
 
     @property
     def version(self) -> str:

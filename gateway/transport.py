@@ -49,10 +49,12 @@ def upstream_body(ctx: RequestContext, served_name: str) -> bytes:
 
 
 def upstream_headers(ctx: RequestContext) -> dict[str, str]:
+    """Headers for vLLM: only what the policy allows; never the client's ``Authorization``."""
     headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
-    for name in ("traceparent", "tracestate"):
-        if name in ctx.headers:
-            headers[name] = ctx.headers[name]
+    for name in ("traceparent", "tracestate", *ctx.forward_headers):  # an attempt span overrides the trace ones
+        value = ctx.headers.get(name)
+        if value is not None:
+            headers[name] = value
     return headers
 
 
@@ -92,6 +94,8 @@ async def single_attempt(
 ) -> Answer:
     url = backend.url + PATHS[ctx.endpoint]
     headers = upstream_headers(ctx)
+    if backend.authorization is not None:
+        headers["authorization"] = backend.authorization
     Tracing.inject(span, headers)
     started = time.perf_counter()
     try:

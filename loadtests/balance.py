@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import loadkit
 import uvloop
-from loadkit import Block, GatewayProcess, Sample
+from loadkit import Block, GatewayProcess
 
 from gateway.sim import ModelProfile, SimProfile, SimServer
 
@@ -149,10 +149,7 @@ async def _run_scenario(
                 # The same request bodies for both variants of a round.
                 bodies = random.Random(f"{seed}:{scenario.name}:{r}")
                 workload = [loadkit.chat_body("assistant", bodies) for _ in range(plan.requests_per_block)]
-
-                async def send(session: aiohttp.ClientSession, i: int, url: str = gateway.url) -> Sample:
-                    return await loadkit.post_chat(session, url, workload[i])
-
+                send = loadkit.chat_sender(gateway.url, workload)
                 before_a, before_ext = sims["a"].stats()["models"][MODEL]["requests"], external.sent
                 blocks[variant].append(
                     await loadkit.closed_loop(sessions[variant], send, plan.requests_per_block, CONCURRENCY)
@@ -181,7 +178,11 @@ def _verdict(results: dict[str, dict[str, Any]]) -> str:
     harmless = worst < 1.1 and all(r["ratio_true_over_false"]["req_per_s"] > 0.9 for r in results.values())
     parts = [
         f"p99 true/false: external load x{ext['p99_ms']:.2f}",
-        *(f"{name} x{r['ratio_true_over_false']['p99_ms']:.2f}" for name, r in results.items() if name != "uneven+external"),
+        *(
+            f"{name} x{r['ratio_true_over_false']['p99_ms']:.2f}"
+            for name, r in results.items()
+            if name != "uneven+external"
+        ),
     ]
     if helps and harmless:
         return "scrape_load helps under external load and costs nothing elsewhere (" + ", ".join(parts) + ")"
@@ -210,7 +211,7 @@ async def main() -> int:
                 warm = loadkit.chat_body("assistant", random.Random(0))
                 await loadkit.closed_loop(
                     sessions[variant],
-                    lambda s, i, url=gateway.url: loadkit.post_chat(s, url, warm),
+                    loadkit.chat_sender(gateway.url, [warm]),
                     CONCURRENCY * 2,
                     CONCURRENCY,
                 )

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import random
 import re
 import socket
+import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,6 +188,17 @@ async def post_chat(
     return Sample(time.perf_counter() - started, ok, kept)
 
 
+def chat_sender(
+    url: str, bodies: Sequence[dict[str, Any]], headers: Callable[[int], dict[str, str]] | None = None
+) -> Send:
+    """A :data:`Send` that posts ``bodies[i]`` (cycling) to the gateway at ``url``, with ``headers(i)``."""
+
+    async def send(session: aiohttp.ClientSession, i: int) -> Sample:
+        return await post_chat(session, url, bodies[i % len(bodies)], headers(i) if headers else None)
+
+    return send
+
+
 async def closed_loop(session: aiohttp.ClientSession, send: Send, requests: int, concurrency: int) -> Block:
     """``concurrency`` clients, each sending its next request as soon as its last one answered, ``requests`` in all."""
     samples: list[Sample | None] = [None] * requests
@@ -195,9 +208,15 @@ async def closed_loop(session: aiohttp.ClientSession, send: Send, requests: int,
         for i in counter:
             samples[i] = await send(session, i)
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    # The load generator's own garbage collections would land in the latencies of whichever block they hit.
+    gc.collect()
+    gc.disable()
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    finally:
+        gc.enable()
     return Block([s for s in samples if s is not None], wall)
 
 
@@ -246,7 +265,10 @@ def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [headers, *[[_cell(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    lines = [
+        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+        for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -257,10 +279,21 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def revision() -> str:
+    """The code measured: ``git describe --always --dirty`` of the checkout, or "unknown"."""
+    try:
+        done = subprocess.run(
+            ["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 def write_results(out_dir: Path, name: str, results: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    path.write_text(json.dumps({**results, "revision": revision()}, indent=2) + "\n", encoding="utf-8")
     return path
 
 

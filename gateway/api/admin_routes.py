@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest
+from gateway.routing.explain import explain
 from gateway.runtime import Gateway
 from gateway.wire import loads
 
@@ -118,3 +119,67 @@ async def set_gate(request: Request, model: str, cohort: str) -> Response:
     else:
         raise InvalidRequest("'action' must be 'trip' or 'reset'", param="action")
     return JSONResponse({"model": model, "cohort": cohort, "tripped": state.tripped, "reason": state.reason})
+
+
+@router.get("/policy")
+async def get_policy(request: Request) -> Response:
+    """The policy in force (version, file, parsed content) and the outcome of the last reload, errors included."""
+    gateway: Gateway = request.app.state.gateway
+    policy = gateway.snapshot.policy
+    last = gateway.reloader.last
+    return JSONResponse(
+        {
+            "version": policy.version,
+            "revision": policy.spec.revision,
+            "digest": policy.digest,
+            "path": policy.path,
+            "last_reload": last.as_json() if last else None,
+            "policy": policy.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        }
+    )
+
+
+class PolicyRejected(GatewayError):
+    status = 422
+    type = "invalid_request_error"
+    code = "policy_rejected"
+
+
+@router.post("/policy/reload")
+async def reload_policy(request: Request) -> Response:
+    gateway: Gateway = request.app.state.gateway
+    result = await gateway.reloader.reload("admin")
+    if result.outcome == "rejected":
+        raise PolicyRejected(
+            "the policy file was rejected; the previous policy stays in force:\n" + "\n".join(result.errors)
+        )
+    return JSONResponse(result.as_json())
+
+
+@router.post("/explain")
+async def explain_request(request: Request) -> Response:
+    """A request body in; the live routing decision out (current gate, health and breaker states included)."""
+    gateway: Gateway = request.app.state.gateway
+    body = await json_body(request)
+    snapshot = gateway.snapshot
+    headers = {
+        k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-") and k.lower() != "x-request-id"
+    }
+    request_id = request.headers.get("x-request-id", "explain")
+    result = explain(
+        snapshot.policy.spec,
+        snapshot.classifier,
+        snapshot.planner,
+        body,
+        headers=headers,
+        request_id=request_id,
+        skip=gateway.model_filter,
+    )
+    result["policy_version"] = snapshot.version
+    result["gates"] = [g for g in gateway.recorder.gates.snapshot() if g["cohort"] == result["cohort"]]
+    result["backends"] = [
+        b.snapshot()
+        for b in gateway.registry.all_backends()
+        if b.model in {a["model"] for a in result["attempts"]} | {s["model"] for s in result["skipped"]}
+    ]
+    return JSONResponse(result)

@@ -24,7 +24,9 @@ from gateway.wire import error_body
 log = logging.getLogger("gateway")
 
 
-def create_app(gateway: Gateway) -> FastAPI:
+def create_app(gateway: Gateway, *, admin: bool = True) -> FastAPI:
+    """The gateway's app; ``admin=False`` leaves ``/admin/*`` out (served by :func:`create_admin_app` instead)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
@@ -37,22 +39,37 @@ def create_app(gateway: Gateway) -> FastAPI:
     app.state.gateway = gateway
     app.include_router(openai_routes.router)
     app.include_router(ops_routes.router)
+    if admin:
+        app.include_router(admin_routes.router)
+    _add_error_handlers(app)
+    return app
+
+
+def create_admin_app(gateway: Gateway) -> FastAPI:
+    """Only ``/admin/*``, for a separate admin listener (``serve --admin-port``); the main app owns the lifespan."""
+    app = FastAPI(title="llm-gateway admin", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.gateway = gateway
     app.include_router(admin_routes.router)
+    _add_error_handlers(app)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProxiedError, _proxied_error)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    return app
 
 
 async def _proxied_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxiedError)
-    return JSONResponse(exc.error.body(), status_code=exc.error.status, headers=gateway_headers(exc.ctx))
+    headers = {**gateway_headers(exc.ctx), **exc.error.headers()}
+    return JSONResponse(exc.error.body(), status_code=exc.error.status, headers=headers)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
-    return JSONResponse(exc.body(), status_code=exc.status)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

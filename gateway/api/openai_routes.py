@@ -40,10 +40,13 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
         body={},
         headers={k.lower(): v for k, v in request.headers.items()},
     )
+    snapshot = gateway.snapshot  # read once: a reload mid-request does not change this request's policy
+    limits = snapshot.policy.spec.limits
     try:
-        raw = await read_body(request, gateway.snapshot.policy.spec.limits.max_body_bytes)
-        ctx.body = parse_body(raw, endpoint)
-        result = await handle(gateway, ctx)
+        raw = await read_body(request, limits.max_body_bytes)
+        ctx.client_key = snapshot.keys.authenticate(ctx.headers)
+        ctx.body = parse_body(raw, endpoint, limits.max_messages)
+        result = await handle(gateway, ctx, snapshot)
     except GatewayError as exc:
         raise ProxiedError(exc, ctx) from None
     headers = gateway_headers(ctx)
@@ -66,7 +69,9 @@ async def completions(request: Request) -> Response:
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
-    spec = gateway.snapshot.policy.spec
+    snapshot = gateway.snapshot
+    key = snapshot.keys.authenticate({k.lower(): v for k, v in request.headers.items()})
+    spec = snapshot.policy.spec
     created = int(time.time())
     data = [
         {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway", "kind": "public"}
@@ -76,6 +81,8 @@ async def list_models(request: Request) -> Response:
         {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway", "kind": model.kind}
         for name, model in spec.models.items()
     ]
+    if key is not None and key.spec.models is not None:
+        data = [m for m in data if m["id"] in key.spec.models]
     return JSONResponse({"object": "list", "data": data})
 
 
@@ -83,6 +90,7 @@ async def list_models(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     """``{"request_id", "score"}`` with score in -1..1; a negative score fails the ``user_feedback`` evaluator."""
     gateway: Gateway = request.app.state.gateway
+    gateway.snapshot.keys.authenticate({k.lower(): v for k, v in request.headers.items()})
     body = parse_json_object(await read_body(request, 64 * 1024))
     request_id, score = body.get("request_id"), body.get("score")
     if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):

@@ -44,11 +44,13 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_body(raw: bytes, endpoint: Endpoint) -> dict[str, Any]:
+def parse_body(raw: bytes, endpoint: Endpoint, max_messages: int = 2048) -> dict[str, Any]:
     body = parse_json_object(raw)
     _check_common(body)
     if endpoint == "chat":
         _check_messages(body.get("messages"))
+        count = len(body["messages"])
+        _require(count <= max_messages, f"{count} messages; the limit is {max_messages}", "messages")
     else:
         _check_prompt(body)
     return body

@@ -29,7 +29,28 @@ def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
 
 
 def check_policy(policy: PolicySpec) -> list[Problem]:
-    return [*_check_models(policy), *_check_cohorts(policy), *_check_routes(policy), *_check_gates(policy)]
+    return [
+        *_check_models(policy),
+        *_check_cohorts(policy),
+        *_check_routes(policy),
+        *_check_gates(policy),
+        *_check_keys(policy),
+    ]
+
+
+def _check_keys(policy: PolicySpec) -> Iterator[Problem]:
+    cohorts = [c.name for c in policy.cohorts]
+    names = [*policy.public_models, *policy.models]
+    for name, spec in (policy.keys or {}).items():
+        for i, model in enumerate(spec.models or ()):
+            if model not in names:
+                yield ("keys", name, "models", i), _unknown("model", model, names)
+        for i, cohort in enumerate(spec.cohorts or ()):
+            if cohort not in cohorts:
+                yield ("keys", name, "cohorts", i), _unknown("cohort", cohort, cohorts)
+    for i, header in enumerate(policy.limits.forward_headers):
+        if header.lower() in ("authorization", "host", "content-length", "content-type", "transfer-encoding"):
+            yield ("limits", "forward_headers", i), f"'{header}' is never forwarded (the gateway sets it itself)"
 
 
 def _check_models(policy: PolicySpec) -> Iterator[Problem]:

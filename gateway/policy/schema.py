@@ -38,6 +38,9 @@ class ModelSpec(Strict):
     )
     sources: list[str] = Field(default_factory=list, description="models a merged checkpoint was merged from")
     max_context: PositiveInt | None = Field(default=None, description="context window in tokens")
+    api_key: str | None = Field(
+        default=None, pattern=r"^env:[A-Za-z_][A-Za-z0-9_]*$", description="env:VAR holding the backend's own key"
+    )
     description: str | None = None
 
 
@@ -114,6 +117,7 @@ class RouteSpec(Strict):
         default="least_inflight", description="how a replica is picked among a model's backends"
     )
     prefix_chars: PositiveInt = Field(default=256, description="balance: prefix hashes this many leading chars")
+    max_tokens: PositiveInt | None = Field(default=None, description="reject requests asking for more tokens")
     session_header: str | None = Field(default=None, description="balance: session hashes this header, else user")
 
     @model_validator(mode="after")
@@ -212,6 +216,24 @@ class TelemetrySpec(Strict):
 
 class LimitsSpec(Strict):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    max_messages: PositiveInt = 2048
+    forward_headers: list[str] = Field(
+        default_factory=list, description="client request headers passed on to backends (all others are dropped)"
+    )
+
+
+class RateLimitSpec(Strict):
+    requests_per_min: PositiveInt | None = None
+    tokens_per_min: PositiveInt | None = None
+
+
+class KeySpec(Strict):
+    """A client key: who may call, which models and cohorts it may reach, and how fast."""
+
+    key: str = Field(pattern=r"^(env:[A-Za-z_][A-Za-z0-9_]*|sha256:[0-9a-fA-F]{64})$")
+    models: list[str] | None = None
+    cohorts: list[str] | None = None
+    rate_limit: RateLimitSpec | None = None
 
 
 class PolicySpec(Strict):
@@ -227,6 +249,7 @@ class PolicySpec(Strict):
     evals: EvalsSpec = EvalsSpec()
     limits: LimitsSpec = LimitsSpec()
     telemetry: TelemetrySpec = TelemetrySpec()
+    keys: dict[str, KeySpec] | None = Field(default=None, description="client keys; without it the gateway is open")
 
     def served_name(self, model: str) -> str:
         return self.models[model].served_name or model

@@ -11,6 +11,8 @@ the set of replicas is stable and only the keys of a lost replica move; a satura
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +20,8 @@ from dataclasses import dataclass, field
 
 from gateway.policy.schema import BreakerSpec, PolicySpec
 from gateway.upstream.breaker import CircuitBreaker
+
+log = logging.getLogger("gateway.pool")
 
 SATURATION_MARGIN = 8
 """An affinity pick is *saturated* when it has this many more requests in flight than the least loaded replica
@@ -31,6 +35,7 @@ class Backend:
     url: str  # resolved base URL (``sim://`` already replaced by the embedded server's address)
     served_name: str
     breaker: CircuitBreaker
+    authorization: str | None = None  # "Bearer <the backend's own key>" from the model's api_key
     inflight: int = 0
     healthy: bool = True
     drained: bool = False
@@ -146,16 +151,18 @@ class BackendRegistry:
         pools = {}
         for name, spec in policy.models.items():
             served = spec.served_name or name
+            authorization = _backend_key(name, spec.api_key)
             backends = []
             for i, raw_url in enumerate(spec.backends):
                 url = resolve(raw_url).rstrip("/")
                 kept = old.get((name, url))
                 if kept is not None:
-                    kept.index, kept.served_name = i, served
+                    kept.index, kept.served_name, kept.authorization = i, served, authorization
                     kept.breaker.spec = policy.health.breaker
                     backends.append(kept)
                 else:
-                    backends.append(Backend(name, i, url, served, _breaker(policy.health.breaker, clock)))
+                    breaker = _breaker(policy.health.breaker, clock)
+                    backends.append(Backend(name, i, url, served, breaker, authorization))
             pools[name] = BackendPool(name, backends, scrape_load=policy.health.scrape_load)
         return cls(pools)
 
@@ -167,6 +174,16 @@ class BackendRegistry:
         """A :class:`gateway.routing.planner.ModelFilter`: models with no available replica are skipped."""
         pool = self.pools.get(model)
         return pool.unavailable_reason() if pool is not None else "unhealthy"
+
+
+def _backend_key(model: str, reference: str | None) -> str | None:
+    if reference is None:
+        return None
+    value = os.environ.get(reference.removeprefix("env:"))
+    if not value:
+        log.error("model %r: %s is unset; requests go to its backends without a key", model, reference)
+        return None
+    return f"Bearer {value}"
 
 
 def _breaker(spec: BreakerSpec, clock: Callable[[], float]) -> CircuitBreaker:
