@@ -81,7 +81,7 @@ class Plan:
 
     @classmethod
     def for_run(cls, quick: bool) -> Plan:
-        return cls(rounds=1, requests_per_block=48, settle_s=0.1) if quick else cls(4, 320, 0.7)
+        return cls(rounds=1, requests_per_block=48, settle_s=0.1) if quick else cls(6, 240, 0.6)
 
 
 class ExternalLoad:
@@ -172,23 +172,31 @@ async def _run_scenario(
 
 
 def _verdict(results: dict[str, dict[str, Any]]) -> str:
-    ext = results["uneven+external"]["ratio_true_over_false"]
-    worst = max(r["ratio_true_over_false"]["p99_ms"] for r in results.values())
-    helps = ext["p99_ms"] < 0.8
-    harmless = worst < 1.1 and all(r["ratio_true_over_false"]["req_per_s"] > 0.9 for r in results.values())
-    parts = [
-        f"p99 true/false: external load x{ext['p99_ms']:.2f}",
-        *(
-            f"{name} x{r['ratio_true_over_false']['p99_ms']:.2f}"
-            for name, r in results.items()
-            if name != "uneven+external"
-        ),
-    ]
-    if helps and harmless:
-        return "scrape_load helps under external load and costs nothing elsewhere (" + ", ".join(parts) + ")"
-    if helps:
-        return "scrape_load helps under external load but regresses elsewhere (" + ", ".join(parts) + ")"
-    return "scrape_load shows no clear gain (" + ", ".join(parts) + ")"
+    """Judge the uneven scenarios against the noise floor of ``even``, where both variants behave alike.
+
+    With two identical fast replicas nothing ever waits, the scraped queue is 0 and ``scrape_load`` changes no
+    decision: whatever its true/false ratios show is the noise of this machine.
+    """
+    aa = results["even"]["ratio_true_over_false"]
+    tolerance = {k: max(0.05, abs(aa[k] - 1)) for k in ("p99_ms", "req_per_s")}
+    parts, gains, losses = [], [], []
+    for name in ("uneven+external", "uneven"):
+        q = results[name]["ratio_true_over_false"]
+        parts.append(f"{name}: p99 x{q['p99_ms']:.2f}, req/s x{q['req_per_s']:.2f}")
+        if q["p99_ms"] < 1 - tolerance["p99_ms"] or q["req_per_s"] > 1 + tolerance["req_per_s"]:
+            gains.append(name)
+        if q["p99_ms"] > 1 + tolerance["p99_ms"] or q["req_per_s"] < 1 - tolerance["req_per_s"]:
+            losses.append(name)
+    parts.append(f"A/A noise (even): p99 ±{tolerance['p99_ms']:.0%}, req/s ±{tolerance['req_per_s']:.0%}")
+    if gains and not losses:
+        head = f"scrape_load=true helps ({', '.join(gains)}) and loses nowhere beyond noise"
+    elif gains:
+        head = f"scrape_load=true helps ({', '.join(gains)}) but loses ({', '.join(losses)})"
+    elif losses:
+        head = f"scrape_load=true loses ({', '.join(losses)})"
+    else:
+        head = "scrape_load=true makes no difference beyond noise"
+    return f"{head}; true/false {'; '.join(parts)}"
 
 
 async def main() -> int:
@@ -219,15 +227,15 @@ async def main() -> int:
             for scenario in SCENARIOS:
                 results[scenario.name] = await _run_scenario(scenario, sims, gateways, sessions, plan, args.seed)
     verdict = _verdict(results)
-    rows = []
+    rows: list[list[object]] = []
+    figures = ("p50_ms", "p99_ms", "p99_block_median_ms", "req_per_s")
     for name, r in results.items():
         for variant in ("scrape_load_false", "scrape_load_true"):
             s = r[variant]
-            rows.append([name, variant.removeprefix("scrape_load_"), s["p50_ms"], s["p99_ms"], s["req_per_s"]])
-            rows[-1] += [s["share_to_a"], s["errors"]]
+            rows.append([name, variant.removeprefix("scrape_load_"), *(s[k] for k in figures), s["share_to_a"]])
         q = r["ratio_true_over_false"]
-        rows.append([name, "ratio true/false", q["p50_ms"], q["p99_ms"], q["req_per_s"], "", ""])
-    headers = ["scenario", "scrape_load", "p50 ms", "p99 ms", "req/s", "share to A", "errors"]
+        rows.append([name, "ratio true/false", *(q[k] for k in figures), ""])
+    headers = ["scenario", "scrape_load", "p50 ms", "p99 ms", "p99 block-median", "req/s", "share to A"]
     print(loadkit.table(headers, rows))
     print(f"verdict: {verdict}")
     output = {
