@@ -176,3 +176,28 @@ def test_unit_hash_is_stable_and_uniform() -> None:
     values = [unit_hash(str(i)) for i in range(2000)]
     assert all(0 <= v < 1 for v in values)
     assert 0.45 < sum(values) / len(values) < 0.55
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "rule"),
+    [
+        (chat(tools=[{"type": "function", "function": {"name": "f"}}]), {}, "cohorts[0] tool_required: has_tools"),
+        (chat(), {"x-topic": "billing"}, "cohorts[1] billing_refund: any[0]: header"),
+        (chat("refund"), {}, "cohorts[1] billing_refund: any[1]: content"),
+        (chat(metadata={"queue": "policy"}), {}, "cohorts[2] policy_exception: metadata"),
+        (chat(user="vip-1"), {}, "cohorts[3] vip: user"),
+        (chat(response_format={"type": "json_object"}), {}, "cohorts[4] structured: response_format"),
+        (chat("y" * 2500), {}, "cohorts[5] long_prompt: min_prompt_chars"),
+        ({**chat(), "model": "merged-v1"}, {}, "cohorts[6] direct_merged: model"),
+        (chat(), {"x-lang": "de"}, "cohorts[7] not_english: all"),
+        (chat("z" * 10), {"x-topic": "none"}, "default cohort out_of_domain (no earlier cohort matched)"),
+        (chat(), {}, "default cohort out_of_domain (no earlier cohort matched)"),
+    ],
+)
+def test_explain_names_the_rule_for_every_matcher(body: dict[str, Any], headers: dict[str, str], rule: str) -> None:
+    from gateway.routing.explain import explain, render_text
+
+    result = explain(POLICY, CLASSIFIER, Planner(POLICY), body, headers=headers)
+    assert result["rule"] == rule
+    assert f"rule:     {rule}" in render_text(result)
+    assert result["attempts"] and result["attempts"][0]["why"] in ("route target", "requested by name")
