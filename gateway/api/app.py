@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api import admin_routes, openai_routes, ops_routes
-from gateway.api.headers import gateway_headers
+from gateway.api.fastpath import GatewayApp, internal_error_response, proxied_error_response
 from gateway.api.openai_routes import ProxiedError
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
@@ -24,8 +24,12 @@ from gateway.wire import error_body
 log = logging.getLogger("gateway")
 
 
-def create_app(gateway: Gateway, *, admin: bool = True) -> FastAPI:
-    """The gateway's app; ``admin=False`` leaves ``/admin/*`` out (served by :func:`create_admin_app` instead)."""
+def create_app(gateway: Gateway, *, admin: bool = True) -> GatewayApp:
+    """The gateway's ASGI app; ``admin=False`` leaves ``/admin/*`` out (see :func:`create_admin_app`)."""
+    return GatewayApp(gateway, create_fastapi_app(gateway, admin=admin))
+
+
+def create_fastapi_app(gateway: Gateway, *, admin: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -63,8 +67,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 async def _proxied_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxiedError)
-    headers = {**gateway_headers(exc.ctx), **exc.error.headers()}
-    return JSONResponse(exc.error.body(), status_code=exc.error.status, headers=headers)
+    return proxied_error_response(exc)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:
@@ -89,4 +92,4 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    return JSONResponse(error_body("internal gateway error", "server_error", code="internal_error"), status_code=500)
+    return internal_error_response()

@@ -32,8 +32,8 @@ def request_id_of(request: Request) -> str:
     return sent if sent is not None and REQUEST_ID.match(sent) else uuid.uuid4().hex
 
 
-async def _proxy(request: Request, endpoint: Endpoint) -> Response:
-    gateway: Gateway = request.app.state.gateway
+async def proxy(gateway: Gateway, request: Request, endpoint: Endpoint) -> Response:
+    """Parse, authenticate, run the pipeline, serialize: the whole HTTP side of a proxied request."""
     ctx = RequestContext(
         request_id=request_id_of(request),
         endpoint=endpoint,
@@ -58,12 +58,12 @@ async def _proxy(request: Request, endpoint: Endpoint) -> Response:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, "chat")
+    return await proxy(request.app.state.gateway, request, "chat")
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await _proxy(request, "completions")
+    return await proxy(request.app.state.gateway, request, "completions")
 
 
 @router.get("/v1/models")

@@ -30,6 +30,9 @@ class CircuitBreaker:
         self._consecutive = 0
         self._probes = 0
         self._window: deque[tuple[float, bool, float]] = deque()  # (when, ok, latency seconds)
+        self._failed = 0  # failures in the window, kept incrementally: record() is on every request's path
+        self._p99_cache: tuple[int, float] = (-1, 0.0)  # (records seen when computed, p99)
+        self._records = 0
         self.opened_count = 0
         self.last_reason = ""
 
@@ -63,6 +66,9 @@ class CircuitBreaker:
     def record(self, ok: bool, latency_s: float = 0.0) -> None:
         now = self._clock()
         self._window.append((now, ok, latency_s))
+        self._records += 1
+        if not ok:
+            self._failed += 1
         self._prune(now)
         state = self.state
         if state == "half_open":
@@ -77,28 +83,34 @@ class CircuitBreaker:
         if self._consecutive >= self.spec.consecutive_failures:
             self._open(f"{self._consecutive} consecutive failures")
         elif len(self._window) >= self.spec.min_requests:
-            failed = sum(1 for _, good, _ in self._window if not good)
+            failed = self._failed
             if failed / len(self._window) >= self.spec.error_rate:
                 self._open(f"error rate {failed}/{len(self._window)} over {self.spec.window_s:g}s")
             elif self.spec.max_p99_s is not None and self.p99() > self.spec.max_p99_s:
                 self._open(f"p99 latency {self.p99():.2f}s over {self.spec.max_p99_s:g}s")
 
     def p99(self) -> float:
+        """p99 latency of successful requests in the window; recomputed at most every 50 records (it sorts)."""
+        seen, cached = self._p99_cache
+        if seen >= 0 and self._records - seen < 50 and self._records >= 50:
+            return cached
         latencies = sorted(lat for _, ok, lat in self._window if ok)
-        if not latencies:
-            return 0.0
-        return latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)]
+        value = latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)] if latencies else 0.0
+        self._p99_cache = (self._records, value)
+        return value
 
     def _prune(self, now: float) -> None:
         horizon = now - self.spec.window_s
         while self._window and self._window[0][0] < horizon:
-            self._window.popleft()
+            if not self._window.popleft()[1]:
+                self._failed -= 1
 
     def _open(self, reason: str) -> None:
         self._state = "open"
         self._opened_at = self._clock()
         self._consecutive = 0
         self._window.clear()
+        self._failed = 0
         self.opened_count += 1
         self.last_reason = reason
 
@@ -107,6 +119,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._probes = 0
         self._window.clear()
+        self._failed = 0
 
     def reset(self) -> None:
         self._close()
