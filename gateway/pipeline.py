@@ -36,7 +36,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
     policy = snapshot.policy.spec
     ctx.policy_version = snapshot.version
     ctx.record_content = policy.telemetry.record_content
-    ctx.forward_headers = tuple(h.lower() for h in policy.limits.forward_headers)
+    ctx.forward_headers = snapshot.forward_headers
     gateway.metrics.inflight.inc()
     open_server_span(gateway.tracing, ctx)
     try:

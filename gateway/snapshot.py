@@ -21,11 +21,13 @@ class PolicySnapshot:
     classifier: CohortClassifier
     planner: Planner
     keys: KeyRing
+    forward_headers: tuple[str, ...]
 
     @classmethod
     def build(cls, policy: LoadedPolicy, rng: Callable[[], float] | None = None) -> PolicySnapshot:
         spec = policy.spec
-        return cls(policy, CohortClassifier(spec), Planner(spec, rng), KeyRing(spec.keys))
+        forward = tuple(h.lower() for h in spec.limits.forward_headers)
+        return cls(policy, CohortClassifier(spec), Planner(spec, rng), KeyRing(spec.keys), forward)
 
     @property
     def version(self) -> str:

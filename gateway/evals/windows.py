@@ -21,19 +21,24 @@ class EvalWindow:
     max_age_s: float | None = None
     outcomes: deque[tuple[float, bool]] = field(default_factory=deque)  # (when, failed)
     seen: int = 0  # every outcome ever recorded, for "new outcomes since" questions
+    failed: int = 0  # failures among ``outcomes``, kept incrementally (fail_rate runs on every answer)
 
     def add(self, failed: bool, now: float) -> None:
         self.outcomes.append((now, failed))
         self.seen += 1
-        while len(self.outcomes) > self.size:
-            self.outcomes.popleft()
+        self.failed += failed
+        self.trim(self.size)
+
+    def trim(self, size: int) -> None:
+        while len(self.outcomes) > size:
+            self.failed -= self.outcomes.popleft()[1]
 
     def prune(self, now: float) -> None:
         if self.max_age_s is None:
             return
         horizon = now - self.max_age_s
         while self.outcomes and self.outcomes[0][0] < horizon:
-            self.outcomes.popleft()
+            self.failed -= self.outcomes.popleft()[1]
 
     def count(self, last: int | None = None) -> int:
         n = len(self.outcomes)
@@ -44,7 +49,9 @@ class EvalWindow:
         n = self.count(last)
         if n == 0:
             return 0.0
-        recent = list(self.outcomes)[-n:] if last is not None else self.outcomes
+        if n == len(self.outcomes):
+            return self.failed / n
+        recent = list(self.outcomes)[-n:]
         return sum(1 for _, failed in recent if failed) / n
 
 
@@ -60,8 +67,7 @@ class EvalWindows:
         self.size, self.max_age_s = size, max_age_s
         for window in self._windows.values():
             window.size, window.max_age_s = size, max_age_s
-            while len(window.outcomes) > size:
-                window.outcomes.popleft()
+            window.trim(size)
 
     def record(self, key: Key, failed: bool) -> EvalWindow:
         window = self._windows.get(key)
