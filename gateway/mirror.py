@@ -173,27 +173,20 @@ class ShadowDispatcher:
             },
         )
         Tracing.inject(span, headers)
+        answer = None
         try:
             answer = await self._post(job, backend.url, body, headers)
-        except BaseException:
-            end_attempt(
-                span,
-                response_model=None,
-                prompt_tokens=None,
-                completion_tokens=None,
-                finish_reasons=(),
-                error_type="cancelled",
-            )
-            raise
+        finally:
+            if answer is None:  # failed, timed out or cancelled: the span says so
+                end_attempt(
+                    span,
+                    response_model=None,
+                    prompt_tokens=None,
+                    completion_tokens=None,
+                    finish_reasons=(),
+                    error_type="shadow_failed",
+                )
         if answer is None:
-            end_attempt(
-                span,
-                response_model=None,
-                prompt_tokens=None,
-                completion_tokens=None,
-                finish_reasons=(),
-                error_type="shadow_failed",
-            )
             return None
         finished, usage, model = answer
         end_attempt(

@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
@@ -77,33 +78,19 @@ class Tracing:
         return span
 
     def attempt_span(self, parent: Span, endpoint: str, model: str, attributes: Mapping[str, Any]) -> Span:
-        context = trace.set_span_in_context(parent)
-        operation = OPERATION.get(endpoint, endpoint)
-        span = self.tracer.start_span(f"{operation} {model}", context=context, kind=SpanKind.CLIENT)
-        if span.is_recording():
-            span.set_attributes(
-                {
-                    "gen_ai.operation.name": operation,
-                    "gen_ai.provider.name": PROVIDER,
-                    "gen_ai.request.model": model,
-                    "openinference.span.kind": "LLM",
-                    "llm.provider": PROVIDER,
-                    "llm.request.model_name": model,
-                    **{k: v for k, v in attributes.items() if v is not None},
-                }
-            )
-        return span
+        return self._llm_span(trace.set_span_in_context(parent), endpoint, model, attributes, links=())
 
     def shadow_span(self, primary: Span | None, endpoint: str, model: str, attributes: Mapping[str, Any]) -> Span:
         """A new trace for a shadow request, linked to the primary request's span."""
         links = [Link(primary.get_span_context())] if primary is not None else []
+        root = trace.set_span_in_context(trace.INVALID_SPAN)
+        return self._llm_span(root, endpoint, model, {**attributes, "gateway.mirror": True}, links=links)
+
+    def _llm_span(
+        self, context: Context, endpoint: str, model: str, attributes: Mapping[str, Any], links: Sequence[Link]
+    ) -> Span:
         operation = OPERATION.get(endpoint, endpoint)
-        span = self.tracer.start_span(
-            f"{operation} {model}",
-            context=trace.set_span_in_context(trace.INVALID_SPAN),
-            kind=SpanKind.CLIENT,
-            links=links,
-        )
+        span = self.tracer.start_span(f"{operation} {model}", context=context, kind=SpanKind.CLIENT, links=links)
         if span.is_recording():
             span.set_attributes(
                 {
@@ -113,7 +100,6 @@ class Tracing:
                     "openinference.span.kind": "LLM",
                     "llm.provider": PROVIDER,
                     "llm.request.model_name": model,
-                    "gateway.mirror": True,
                     **{k: v for k, v in attributes.items() if v is not None},
                 }
             )
