@@ -136,9 +136,10 @@ def test_scraped_vllm_load() -> None:
         b"# HELP vllm:num_requests_waiting x\n"
         b'vllm:num_requests_waiting{engine="0",model_name="m"} 7.0\n'
         b'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
-        b'vllm:num_requests_waiting{engine="0",model_name="other"} 100.0\n'
+        b'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0\n'
+        b"vllm:num_requests_waiting_total 99\n"
     )
-    assert parse_vllm_load(text, "m") == (7.0, 3.0)
+    assert parse_vllm_load(text) == (9.0, 3.0)
     replicas = backends(2)
     replicas[0].waiting = 30
     pool = BackendPool("m", replicas, random.Random(0).random, scrape_load=True)

@@ -23,13 +23,14 @@ log = logging.getLogger("gateway.health")
 _GAUGE = re.compile(rb"^(vllm:num_requests_(?:waiting|running))\{([^}]*)\}\s+([0-9.eE+-]+)", re.MULTILINE)
 
 
-def parse_vllm_load(text: bytes, served_name: str) -> tuple[float, float]:
-    """(waiting, running) for ``served_name`` from vLLM's Prometheus text; sums over engines."""
+def parse_vllm_load(text: bytes) -> tuple[float, float]:
+    """(waiting, running) of one vLLM server from its Prometheus text, summed over engines and model names.
+
+    The queue belongs to the server, not to a model name: LoRA adapters and extra served names share the base
+    model's engine (whose ``model_name`` label is the base model's), so every line counts.
+    """
     waiting = running = 0.0
-    label = f'model_name="{served_name}"'.encode()
-    for name, labels, value in _GAUGE.findall(text):
-        if label not in labels:
-            continue
+    for name, _labels, value in _GAUGE.findall(text):
         if name.endswith(b"waiting"):
             waiting += float(value)
         else:
@@ -108,4 +109,4 @@ class HealthChecker:
         except UpstreamError:
             return
         if status == 200:
-            backend.waiting, backend.running = parse_vllm_load(body, backend.served_name)
+            backend.waiting, backend.running = parse_vllm_load(body)
