@@ -15,6 +15,7 @@ import uvicorn
 import uvloop
 
 from gateway.policy import PolicyError, load_policy
+from gateway.promote.options import add_eval_arguments
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -47,8 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("schema", help="print the JSON Schema of policy files (for editors)")
 
+    add_eval_arguments(commands.add_parser("eval", help="promotion gate: a candidate against its sources per cohort"))
+
     args = parser.parse_args(argv)
-    handler = {"serve": _serve, "check": _check, "explain": _explain, "sim": _sim, "schema": _schema}[args.command]
+    handlers = {"serve": _serve, "check": _check, "explain": _explain, "sim": _sim, "schema": _schema, "eval": _eval}
+    handler = handlers[args.command]
     return handler(args)
 
 
@@ -139,6 +143,12 @@ def _schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(policy_json_schema(), indent=2))
     return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from gateway.promote.command import run_eval
+
+    return run_eval(args)
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -197,10 +197,44 @@ class GateSpec(Strict):
         return self
 
 
+PromotionEvaluator = Literal[
+    "task_completion",
+    "json_valid",
+    "json_schema",
+    "tool_call_valid",
+    "tool_selection",
+    "refusal_correct",
+    "groundedness_overlap",
+    "groundedness",
+    "helpfulness",
+]
+"""The offline evaluators of ``llm-gateway eval`` (``gateway.promote.scoring``; the last two need ``--judge``)."""
+
+
+class PromotionSpec(Strict):
+    """When ``llm-gateway eval`` lets a candidate take a cohort from its sources (docs/promotion.md)."""
+
+    evaluators: list[PromotionEvaluator] | None = Field(
+        default=None, description="required evaluators; default: those applying to at least min_cases cases"
+    )
+    tolerance: Fraction = Field(default=0.05, description="how much worse than the best baseline a pass rate may be")
+    confidence: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.95
+    min_cases: PositiveInt = Field(default=20, description="fewer cases than this never earn a cohort")
+    max_p95_ttft_s: PositiveFloat | None = None
+    max_p95_total_s: PositiveFloat | None = None
+    max_latency_ratio: PositiveFloat | None = Field(default=None, description="p95 total vs the incumbent's")
+    max_tokens_ratio: PositiveFloat | None = Field(default=None, description="mean output tokens vs the incumbent's")
+    groundedness_min: Fraction = Field(default=0.5, description="groundedness_overlap passes at this share")
+    judge_min_score: Annotated[int, Field(ge=1, le=5)] = 4
+    shadow_sample: Fraction = Field(default=0.1, description="mirror share proposed for cohorts not earned")
+    gate_max_fail_rate: Fraction = Field(default=0.05, description="max_fail_rate of the proposed eval gate")
+
+
 class EvalsSpec(Strict):
     window: WindowSpec = WindowSpec()
     cohorts: dict[str, CohortEvalSpec] = Field(default_factory=dict)
     gates: list[GateSpec] = Field(default_factory=list)
+    promotion: PromotionSpec | None = None
     feedback_cache_size: PositiveInt = Field(default=100_000, description="request ids remembered for feedback")
 
     def gate_for(self, model: str, cohort: str) -> GateSpec | None:
