@@ -90,7 +90,7 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
             if not backend.breaker.acquire():
                 continue
             tried += 1
-            attempt_timeouts = Timeouts(timeouts.connect_s, min(timeouts.first_byte_s, remaining))
+            attempt_timeouts = Timeouts(min(timeouts.connect_s, remaining), min(timeouts.first_byte_s, remaining))
             try:
                 answer = await _attempt(gateway, ctx, backend, attempt_timeouts)
             except UpstreamError as exc:
