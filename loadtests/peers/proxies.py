@@ -1,0 +1,90 @@
+"""The proxies under test, each started from its config in this folder: the gateway and its peers.
+
+Each factory takes the upstream's base URL, a scratch directory and the core to pin the proxy to, and returns a
+:class:`~peers.processes.Process` (not started) whose ``url`` clients send to.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from peers.processes import BENCH, HOST, PEERS_DIR, ROOT, Process, fill, free_port, nginx_binary
+
+
+def gateway(upstream: str, run: Path, cpu: int | None) -> Process:
+    policy = run / "gateway-policy.yaml"
+    policy.write_text(fill((PEERS_DIR / "gateway-policy.yaml").read_text(), upstream=upstream), encoding="utf-8")
+    port = free_port()
+    argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--host", HOST, "--port", str(port)]
+    url = f"http://{HOST}:{port}"
+    return Process(
+        "gateway",
+        [*argv, "--log-level", "warning"],
+        ready_url=url + "/readyz",
+        url=url,
+        log=run / "gateway.log",
+        cpu=cpu,
+    )
+
+
+def nginx_proxy(upstream: str, run: Path, cpu: int | None) -> Process:
+    port = free_port()
+    home = run / "nginx-proxy"
+    home.mkdir(exist_ok=True)
+    conf = home / "nginx.conf"
+    text = fill((PEERS_DIR / "nginx-proxy.conf").read_text(), port=port, upstream=upstream.split("//", 1)[1], run=home)
+    conf.write_text(text, encoding="utf-8")
+    url = f"http://{HOST}:{port}"
+    argv = [nginx_binary(), "-c", str(conf), "-p", str(home), "-g", "daemon off;"]
+    return Process("nginx", argv, ready_url=url + "/health", url=url, log=run / "nginx-proxy.log", cpu=cpu)
+
+
+def litellm(upstream: str, run: Path, cpu: int | None) -> Process:
+    port = free_port()
+    config = run / "litellm.yaml"
+    config.write_text(fill((PEERS_DIR / "litellm.yaml").read_text(), upstream=upstream), encoding="utf-8")
+    url = f"http://{HOST}:{port}"
+    argv = [str(BENCH / "litellm/bin/litellm"), "--config", str(config), "--host", HOST, "--port", str(port)]
+    return Process(
+        "litellm",
+        [*argv, "--num_workers", "1"],
+        ready_url=url + "/health/liveliness",
+        url=url,
+        log=run / "litellm.log",
+        cpu=cpu,
+        # The cost map is fetched from GitHub at start unless told to use the copy in the package (no network here).
+        env={"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+        start_timeout_s=120.0,
+    )
+
+
+def vllm_router(upstream: str, run: Path, cpu: int | None) -> Process:
+    """vLLM's Rust router with one worker (the upstream), round robin, its defaults otherwise (metrics on)."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    argv = [str(BENCH / "vllm-router/bin/vllm-router"), "--host", HOST, "--port", str(port)]
+    argv += ["--worker-urls", upstream, "--policy", "round_robin", "--log-level", "warning"]
+    argv += ["--prometheus-host", HOST, "--prometheus-port", str(free_port())]
+    return Process("vllm-router", argv, ready_url=url + "/health", url=url, log=run / "vllm-router.log", cpu=cpu)
+
+
+PEERS = {"nginx": nginx_proxy, "litellm": litellm, "vllm-router": vllm_router}
+
+
+def peer_status(name: str) -> tuple[str | None, str]:
+    """``(version, "")`` when the peer can run here, else ``(None, why not and how to install it)``."""
+    if name == "nginx":
+        if not Path(nginx_binary()).exists():
+            return None, "nginx is not installed (apt-get install nginx-light)"
+        done = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True, check=False)
+        return done.stderr.strip().removeprefix("nginx version: "), ""
+    venv = BENCH / name
+    binary = venv / "bin" / name
+    if not binary.exists():
+        package = "'litellm[proxy]'" if name == "litellm" else name
+        return None, f"{binary.relative_to(ROOT)} is missing (make bench-peers: pip install {package} into .bench/)"
+    code = f"import importlib.metadata as m; print(m.version({name!r}))"
+    done = subprocess.run([str(venv / "bin/python"), "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip() or "unknown", ""

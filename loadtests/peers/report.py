@@ -1,0 +1,294 @@
+"""What a run of ``overhead.py`` comes to: per-path summaries, the ratios against each peer, the issue's targets
+checked, the printed table, the PNG chart, and the top of a py-spy profile.
+
+A scenario's results are ``{"paths": {path: summary}}``; a summary has ``req_per_s`` over all blocks, ``p50_ms``
+and ``p99_ms`` as medians of the blocks' own (one hiccup of a noisy machine moves one block, not the figure),
+``added_p50_ms``/``added_p99_ms`` against the direct path, ``cpu_ms_per_request`` and ``peak_rss_mb``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import loadkit
+
+from peers.processes import ROOT
+
+PATHS = ("direct", "gateway", "nginx", "vllm-router", "litellm")
+"""Every path, in the order they are reported."""
+NOISY_CORES = 0.15
+"""A block during which processes outside the benchmark used more CPU than this (in cores) counts as noisy."""
+
+
+def summarize(blocks: list[dict[str, Any]]) -> dict[str, Any]:
+    requests = sum(b["requests"] for b in blocks)
+    duration = sum(b["duration_s"] for b in blocks)
+    errors: dict[str, int] = {}
+    for block in blocks:
+        for kind, n in block["errors"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    summary = {
+        "requests": requests,
+        "req_per_s": round(requests / duration, 1) if duration else 0.0,
+        "p50_ms": round(statistics.median(b["p50_ms"] for b in blocks), 3),
+        "p99_ms": round(statistics.median(b["p99_ms"] for b in blocks), 3),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "cpu_ms_per_request": round(1000 * sum(b["cpu_s"] for b in blocks) / requests, 3) if requests else None,
+        "foreign_cores_max": max(b["foreign_cores"] for b in blocks),
+        "noisy_blocks": sum(b["foreign_cores"] > NOISY_CORES for b in blocks),
+    }
+    for key in ("total_p50_ms", "spread_p50_ms", "reads_p50"):
+        if key in blocks[0]:
+            summary[key] = round(statistics.median(b[key] for b in blocks), 3)
+    return summary
+
+
+def figure(results: dict[str, Any], scenario: str, path: str, key: str) -> float | None:
+    value = results.get(scenario, {}).get("paths", {}).get(path, {}).get(key)
+    return None if value is None else float(value)
+
+
+def peer_ratios(results: dict[str, Any]) -> dict[str, Any]:
+    """The gateway against each peer measured: capacity and CPU per request as ratios, added latency side by side."""
+    ratios: dict[str, Any] = {}
+    gateway_rps = figure(results, "fast-c64", "gateway", "req_per_s")
+    gateway_cpu = figure(results, "fast-c64", "gateway", "cpu_ms_per_request")
+    for peer in PATHS[2:]:
+        peer_rps = figure(results, "fast-c64", peer, "req_per_s")
+        if peer_rps is None or gateway_rps is None:
+            continue
+        peer_cpu = figure(results, "fast-c64", peer, "cpu_ms_per_request")
+        ratios[peer] = {
+            "capacity_x": round(gateway_rps / peer_rps, 3) if peer_rps else None,
+            "cpu_per_request_x": round(gateway_cpu / peer_cpu, 3) if gateway_cpu and peer_cpu else None,
+            "added_p50_ms_50ms_c16": [figure(results, "slow-c16", p, "added_p50_ms") for p in ("gateway", peer)],
+            "added_p99_ms_50ms_c16": [figure(results, "slow-c16", p, "added_p99_ms") for p in ("gateway", peer)],
+            "ttft_added_p50_ms_c16": [figure(results, "stream-c16", p, "added_p50_ms") for p in ("gateway", peer)],
+        }
+    return ratios
+
+
+def check_targets(
+    results: dict[str, Any], ratios: dict[str, Any], scale: dict[str, Any], streams: int
+) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value and whether it is met (``None``: not measured)."""
+
+    def target(name: str, value: float | None, op: str, limit: float) -> dict[str, Any]:
+        met = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        return {"target": name, "value": value, "op": op, "limit": limit, "met": met}
+
+    spread, direct_spread = (figure(results, "stream-c16", p, "spread_p50_ms") for p in ("gateway", "direct"))
+    gateway_scale = scale.get("gateway", {})
+    held = gateway_scale.get("completed") == scale.get("streams") == streams
+
+    def gateway(scenario: str, key: str) -> float | None:
+        return figure(results, scenario, "gateway", key)
+
+    return [
+        target("added p50 ms, upstream after 50 ms, c16", gateway("slow-c16", "added_p50_ms"), "<=", 1),
+        target("added p99 ms, upstream after 50 ms, c16", gateway("slow-c16", "added_p99_ms"), "<=", 5),
+        target("added p50 ms, upstream after 50 ms, c1", gateway("slow-c1", "added_p50_ms"), "<=", 0.5),
+        target("req/s, upstream at once, c64", gateway("fast-c64", "req_per_s"), ">=", 2000),
+        target("capacity x LiteLLM", ratios.get("litellm", {}).get("capacity_x"), ">=", 30),
+        target("capacity x vllm-router", ratios.get("vllm-router", {}).get("capacity_x"), ">=", 0.25),
+        target("stream TTFT added p50 ms, c16", gateway("stream-c16", "added_p50_ms"), "<=", 1),
+        target(
+            "stream chunk spread / direct's (no buffering)",
+            round(spread / direct_spread, 3) if spread is not None and direct_spread else None,
+            ">=",
+            0.9,
+        ),
+        target(f"{streams} slow streams held, errors", gateway_scale.get("errors") if held else None, "<=", 0),
+        target(f"{streams} slow streams, peak RSS MB", gateway_scale.get("rss_peak_mb") if held else None, "<=", 300),
+    ]
+
+
+HEADERS = ["scenario", "path", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "CPU ms/req", "RSS MB", "err"]
+
+
+def rows(data: dict[str, Any]) -> list[list[Any]]:
+    """One row per scenario and path, in :data:`HEADERS`' order (streams: the latencies are times to first token)."""
+    table = []
+    for scenario in data["results"].values():
+        for name in PATHS:
+            s = scenario["paths"].get(name)
+            if s is not None:
+                cpu = s["cpu_ms_per_request"] if name != "direct" else None
+                latency = [s["p50_ms"], s["p99_ms"], _num(s.get("added_p50_ms")), _num(s.get("added_p99_ms"))]
+                table.append(
+                    [scenario["label"], name, s["req_per_s"], *latency, _num(cpu), _num(s["peak_rss_mb"]), s["errors"]]
+                )
+    return table
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The table and the targets as Markdown, for docs/performance.md and the README."""
+    cells = [HEADERS, ["---"] * len(HEADERS), *[[_cell(c) for c in row] for row in rows(data)]]
+    lines = ["| " + " | ".join(row) + " |" for row in cells]
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for t in data["targets"]:
+        verdict = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} {t['op']} {t['limit']} | {_num(t['value'])} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return _num(value) if isinstance(value, float) else str(value)
+
+
+def text(data: dict[str, Any]) -> str:
+    """The table, the ratios against each peer, the targets, the scale test, noise, and the profile's top."""
+    headers, table = HEADERS, rows(data)
+    lines = [loadkit.table(headers, table), "", "gateway vs peers (same run):"]
+    results = data["results"]
+    for peer, r in data["ratios"].items():
+        peer_rps = figure(results, "fast-c64", peer, "req_per_s")
+        p50, p99 = r["added_p50_ms_50ms_c16"], r["added_p99_ms_50ms_c16"]
+        lines.append(
+            f"  {peer:<11} capacity {_x(r['capacity_x'])} ({peer_rps:,.0f} req/s), CPU/request "
+            f"{_x(r['cpu_per_request_x'])}, added p50/p99 at 50 ms c16: gateway {_num(p50[0])}/{_num(p99[0])} ms, "
+            f"{peer} {_num(p50[1])}/{_num(p99[1])} ms"
+        )
+    lines += ["", "targets:"]
+    for t in data["targets"]:
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
+        lines.append(f"  {verdict:<12} {t['target']}: {_num(t['value'])} (target {t['op']} {t['limit']})")
+    scale = data["scale"]
+    if scale:
+        lines += [
+            "",
+            f"scale: {scale['streams']} streams, a token every {scale['token_interval_s']} s (paced: "
+            f"{scale['paced_s']:.1f} s a stream):",
+        ]
+        for name in ("direct", "gateway"):
+            h = scale[name]
+            memory = f", RSS {h['rss_start_mb']} -> peak {h['rss_peak_mb']} MB" if h["rss_peak_mb"] is not None else ""
+            lines.append(
+                f"  {name:<8} {h['completed']}/{scale['streams']} ok, {h['errors']} errors, max open {h['max_open']}, "
+                f"stream p50/p99 {h['stream_p50_s']}/{h['stream_p99_s']} s{memory}, proxy core "
+                f"{100 * h['cpu_share']:.0f}% busy with it; other processes used {h['foreign_cores']:.2f} cores"
+            )
+    noisy = [
+        f"{s['label']} {name} ({p['noisy_blocks']}, up to {p['foreign_cores_max']:.2f} cores)"
+        for s in data["results"].values()
+        for name, p in s["paths"].items()
+        if p["noisy_blocks"]
+    ]
+    if noisy:
+        lines += ["", "noisy blocks (other processes used the CPU), still noisy after retries: " + ", ".join(noisy)]
+    profile = data.get("profile") or {}
+    if profile.get("self_pct"):
+        lines += ["", f"gateway profile at c64 (py-spy, {profile['samples']} samples), self time:"]
+        lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["self_pct"][:10]]
+        lines += ["gateway code, inclusive:"]
+        lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["gateway_inclusive_pct"][:10]]
+    elif profile:
+        lines += ["", f"profile: {profile.get('error')}"]
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3g}x"
+
+
+def chart(data: dict[str, Any], path: Path) -> str:
+    """A 2x2 PNG: capacity, added latency at 50 ms c16, CPU per request, streaming TTFT added; '' or why not."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed"
+    results = data["results"]
+    figure, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels: list[tuple[Any, str, str, Sequence[str], Callable[[dict[str, Any]], list[float | None]]]] = [
+        (axes[0][0], "req/s, upstream at once, c64 (higher is better)", "fast-c64", PATHS, _values("req_per_s")),
+        (axes[0][1], "added ms at p50 / p99, upstream after 50 ms, c16", "slow-c16", PATHS[1:], _added),
+        (axes[1][0], "CPU ms per request, at once, c64", "fast-c64", PATHS[1:], _values("cpu_ms_per_request")),
+        (axes[1][1], "stream: TTFT added ms at p50 / p99, c16", "stream-c16", PATHS[1:], _added),
+    ]
+    for ax, title, key, names, values_of in panels:
+        ax.set_title(title, fontsize=10)
+        paths = results.get(key, {}).get("paths", {})
+        shown = [n for n in names if n in paths]
+        if not shown:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
+        series = [values_of(paths[n]) for n in shown]
+        bars_per_path = len(series[0])
+        width = 0.8 / bars_per_path
+        floor = 0.01  # a log scale: a value at or below 0 (no added latency) is drawn at the floor, labelled as is
+        for i in range(bars_per_path):
+            xs = [j + i * width for j in range(len(shown))]
+            heights = [max(s[i] or 0.0, floor) for s in series]
+            bars = ax.bar(xs, heights, width=width, label=["p50", "p99"][i] if bars_per_path > 1 else None)
+            ax.bar_label(bars, labels=[_num(s[i]) for s in series], fontsize=7)
+        ax.set_xticks([j + (bars_per_path - 1) * width / 2 for j in range(len(shown))], shown)
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=floor)
+        if bars_per_path > 1:
+            ax.legend(fontsize=8)
+    figure.suptitle(f"llm-gateway overhead ({data['revision']}, {data['machine']['pinning']})", fontsize=11)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return ""
+
+
+def _values(key: str) -> Callable[[dict[str, Any]], list[float | None]]:
+    return lambda summary: [summary.get(key)]
+
+
+def _added(summary: dict[str, Any]) -> list[float | None]:
+    return [summary.get("added_p50_ms"), summary.get("added_p99_ms")]
+
+
+def top_frames(speedscope: dict[str, Any], top: int = 15) -> dict[str, Any]:
+    """Self time per function over all samples, and inclusive time per function of the gateway package (%)."""
+    frames = speedscope["shared"]["frames"]
+    names = [f"{f['name']} ({_short(f.get('file') or '')})" for f in frames]
+    self_time: dict[str, float] = {}
+    inclusive: dict[str, float] = {}
+    total = 0.0
+    samples = 0
+    for profile in speedscope["profiles"]:
+        samples += len(profile["samples"])
+        for stack, weight in zip(profile["samples"], profile["weights"], strict=True):
+            total += weight
+            if stack:
+                self_time[names[stack[-1]]] = self_time.get(names[stack[-1]], 0) + weight
+            for name in {names[i] for i in stack if _in_gateway(frames[i].get("file") or "")}:
+                inclusive[name] = inclusive.get(name, 0) + weight
+
+    def ranked(table: dict[str, float]) -> list[list[Any]]:
+        best = sorted(table.items(), key=lambda kv: -kv[1])[:top]
+        return [[name, round(100 * weight / total, 1)] for name, weight in best]
+
+    return {
+        "samples": samples,
+        "busy_s": round(total, 2),
+        "self_pct": ranked(self_time),
+        "gateway_inclusive_pct": ranked(inclusive),
+    }
+
+
+def _in_gateway(file: str) -> bool:
+    """A frame of the gateway's request path (not of its command line, which is below every sample)."""
+    return "gateway/" in file and not file.endswith(("gateway/cli.py", "gateway/__main__.py"))
+
+
+def _short(file: str) -> str:
+    for marker in ("site-packages/", str(ROOT) + "/", "lib/python3."):
+        if marker in file:
+            return file.split(marker, 1)[1]
+    return file
