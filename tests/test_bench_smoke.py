@@ -82,7 +82,7 @@ def test_quick_run_skips_peers_and_reports_every_target(quick_run: tuple[dict[st
     targets = data["targets"]
     assert len(targets) == 10
     for target in targets:
-        assert set(target) == {"target", "value", "op", "limit", "met"}
+        assert set(target) == {"target", "value", "op", "limit", "met", "noisy"}
         assert target["met"] in (True, False, None)
     scale = data["scale"]
     for path in ("direct", "gateway"):
