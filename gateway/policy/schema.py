@@ -155,7 +155,7 @@ class TimeoutsSpec(Strict):
 
 class HealthSpec(Strict):
     interval_s: PositiveFloat = 5.0
-    check_timeout_s: PositiveFloat = 2.0
+    check_timeout_s: PositiveFloat = 5.0
     unhealthy_after: PositiveInt = 2
     healthy_after: PositiveInt = 2
     scrape_load: bool = Field(default=False, description="weigh vLLM's own queue (scraped /metrics) in balancing")
