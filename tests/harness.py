@@ -7,6 +7,8 @@ Everything runs in one background thread with its own event loop, so tests can d
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import string
 import tempfile
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import uvicorn
 import uvloop
 
@@ -143,3 +146,34 @@ class Stack:
                 return True
             time.sleep(0.02)
         return condition()
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for servers started as subprocesses)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float = 30.0) -> None:
+    """Poll ``GET {url}/readyz`` until it answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not become ready within {timeout_s:g}s")
+
+
+def require_tool(name: str, hint: str) -> str:
+    """The tool's path; skip without it, except in CI (``CI`` set), where a missing tool is a failure."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"`{name}` not found on PATH: {hint}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI is set, so this check does not skip")
+        pytest.skip(message)
+    return path

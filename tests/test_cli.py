@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
+
+from tests.harness import free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL = ROOT / "routing_policies" / "local.yaml"
@@ -93,12 +93,6 @@ def test_explain_bad_input() -> None:
     assert "cannot read a JSON request body" in result.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_serve_embedded_default_answers_a_chat_completion() -> None:
     port = free_port()
     process = subprocess.Popen(
@@ -109,13 +103,7 @@ def test_serve_embedded_default_answers_a_chat_completion() -> None:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_ready(f"http://127.0.0.1:{port}")
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/chat/completions",
             json={"model": "support-assistant", "messages": [{"role": "user", "content": "a refund please"}]},

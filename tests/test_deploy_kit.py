@@ -9,7 +9,6 @@ without it in CI.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,6 +21,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.telemetry.metrics import GatewayMetrics
+from tests import harness
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana" / "llm-gateway-dashboard.json"
@@ -62,14 +62,7 @@ GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(
 
 
 def require_tool(name: str) -> str:
-    """The tool's path; skip without it, except in CI (``CI`` set), where a missing tool is a failure."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"`{name}` not found on PATH: run `make prometheus-tools` (Debian package prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, so this check does not skip")
-        pytest.skip(message)
-    return path
+    return harness.require_tool(name, "run `make prometheus-tools` (Debian package prometheus)")
 
 
 def exported_series() -> dict[str, frozenset[str]]:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.harness import Stack
+from tests.harness import Stack, free_port, wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "ops-token"
@@ -208,29 +207,11 @@ def test_configmap_symlink_swap_reloads(tmp_path: Path) -> None:
         del os.environ["GATEWAY_ADMIN_TOKEN"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("gateway did not become ready")
-
-
 def test_sighup_reloads_and_admin_port_separates_admin(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     local = (ROOT / "routing_policies" / "local.yaml").read_text()
     policy.write_text(local)
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     env = {**os.environ, "GATEWAY_ADMIN_TOKEN": TOKEN}
     process = subprocess.Popen(
         [
@@ -253,7 +234,7 @@ def test_sighup_reloads_and_admin_port_separates_admin(tmp_path: Path) -> None:
     )
     try:
         url, admin = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"
-        _wait_ready(url)
+        wait_ready(url)
         assert httpx.get(f"{url}/admin/state", headers=AUTH).status_code == 404
         assert httpx.get(f"{admin}/admin/state", headers=AUTH).status_code == 200
         first = httpx.get(f"{url}/readyz").json()["policy_version"]

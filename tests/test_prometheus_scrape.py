@@ -7,9 +7,6 @@ without it in CI.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,27 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import harness
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = 25
 BODY = {"model": "support-assistant", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
 def require_tool(name: str) -> str:
-    """The tool's path; skip without it, except in CI (``CI`` set), where a missing tool is a failure."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"`{name}` not found on PATH: run `make prometheus-tools` (Debian package prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI is set, so this check does not skip")
-        pytest.skip(message)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return harness.require_tool(name, "run `make prometheus-tools` (Debian package prometheus)")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -82,7 +67,7 @@ def scalar(result: list[dict[str, Any]]) -> float | None:
 @pytest.mark.slow
 def test_prometheus_scrapes_the_gateway(tmp_path: Path) -> None:
     prometheus_bin = require_tool("prometheus")
-    gateway_port, prometheus_port = free_port(), free_port()
+    gateway_port, prometheus_port = harness.free_port(), harness.free_port()
     gateway_log, prometheus_log = tmp_path / "gateway.log", tmp_path / "prometheus.log"
     config = tmp_path / "prometheus.yaml"
     config.write_text(

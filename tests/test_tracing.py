@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from gateway.telemetry.tracing import Tracing
-from tests.harness import Stack
+from tests.harness import Stack, free_port, wait_ready
 
 POLICY = """
 version: 1
@@ -179,17 +178,11 @@ class _Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_otlp_http_export_reaches_a_real_receiver() -> None:
     receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     thread = threading.Thread(target=receiver.serve_forever, daemon=True)
     thread.start()
-    port = _free_port()
+    port = free_port()
     root = Path(__file__).resolve().parent.parent
     env = {
         **os.environ,
@@ -207,13 +200,8 @@ def test_otlp_http_export_reaches_a_real_receiver() -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
+        wait_ready(url)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         body = {"model": "support-assistant", "messages": [{"role": "user", "content": "refund"}], "max_tokens": 3}
         assert httpx.post(f"{url}/v1/chat/completions", json=body).status_code == 200
 
