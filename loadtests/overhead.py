@@ -25,7 +25,8 @@ Every path is pointed at the same upstream and driven by the same load, in the s
   processes outside the benchmark used more than ``NOISY_CORES`` of CPU is measured again (``--retries``, within
   ``--retry-budget-s`` for the run), the quietest attempt is kept, and blocks that stay noisy are listed.
 * **Profile**: ``py-spy`` samples the gateway during one extra block at concurrency 64 (upstream at once); the
-  top frames go into the JSON and the whole profile into ``overhead_profile.json`` (open it in speedscope.app).
+  top frames go into the JSON and the whole profile into ``overhead_profile.json`` (open it in speedscope.app);
+  likewise during a streaming block at concurrency 16 (``overhead_profile_stream.json``).
 
 Run: ``make bench`` (installs wrk, nginx and the peers into ``.bench/`` when missing), or
 ``.venv/bin/python loadtests/overhead.py [--quick] [--out DIR] [--no-peers]``. Results: ``overhead.json`` and
@@ -103,6 +104,8 @@ class Scenario:
 
 SCENARIOS = [Scenario(mode, c) for mode in ("fast", "slow") for c in (1, 16, 64)] + [Scenario("stream", 16, True)]
 QUICK_SCENARIOS = {"fast-c16", "slow-c16", "stream-c16"}
+PROFILED = {"fast": Scenario("fast", 64), "stream": Scenario("stream", 16, True)}
+"""The blocks the gateway is profiled in: where its CPU goes at capacity, and in a stream's path."""
 
 
 @dataclass
@@ -305,8 +308,9 @@ class Bench:
             sim.stop()
         return {"simulator_direct_c64_req_per_s": round(block.requests / block.duration_s, 1)}
 
-    def profile(self) -> dict[str, Any]:
-        """py-spy on the gateway during a block at c64 (upstream at once): the top frames."""
+    def profile(self, scenario: Scenario) -> dict[str, Any]:
+        """py-spy on the gateway during one extra block of ``scenario``: the top frames, and the whole profile in
+        ``overhead_profile[_MODE].json`` (speedscope's format)."""
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         gateway = self.running.get("gateway")
         if gateway is None or gateway.process is None:
@@ -314,18 +318,22 @@ class Bench:
         if not Path(spy).exists():
             return {"error": "py-spy is not installed (pip install py-spy)"}
         seconds = max(3, self.args.seconds * 2)
-        out = self.run / "profile.json"
+        out = self.run / f"profile-{scenario.key}.json"
         argv = [spy, "record", "--pid", str(gateway.process.pid), "--duration", str(seconds), "--rate", "250"]
         argv += ["--nonblocking", "--format", "speedscope", "--output", str(out)]
         spying = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.5)
-        load.run_wrk(gateway.url, self.script, 64, seconds + 1)
+        if scenario.stream:
+            _run(self._streams(gateway, scenario, seconds + 1, processes.CpuMeter(None)))
+        else:
+            load.run_wrk(gateway.url, self.script, scenario.concurrency, seconds + 1)
         output, _ = spying.communicate(timeout=60)
         if spying.returncode != 0 or not out.exists():
             return {"error": f"py-spy failed ({spying.returncode}): {output[-300:]}"}
         self.args.out.mkdir(parents=True, exist_ok=True)
-        shutil.copy(out, self.args.out / "overhead_profile.json")
-        return {"scenario": "fast-c64", "seconds": seconds, **report.top_frames(json.loads(out.read_text()))}
+        name = "overhead_profile.json" if scenario.mode == "fast" else f"overhead_profile_{scenario.mode}.json"
+        shutil.copy(out, self.args.out / name)
+        return {"file": name, "seconds": seconds, **report.top_frames(json.loads(out.read_text()))}
 
     def scale(self) -> dict[str, Any]:
         """``SCALE_STREAMS`` slow streams held at once, direct (the client's own limit) and through the gateway."""
@@ -471,15 +479,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.upstream.start()
         try:
             floor: dict[str, Any] = {}
-            profile: dict[str, Any] = {}
+            profiles: dict[str, Any] = {}
             phases = args.phases.split(",")
             for mode in ("fast", "slow", "stream"):
                 if mode not in phases:
                     continue
                 bench.phase(mode)
+                if not args.quick and not args.no_profile and mode in PROFILED:
+                    profiles[PROFILED[mode].key] = bench.profile(PROFILED[mode])
                 if mode == "fast" and not args.quick:
-                    if not args.no_profile:
-                        profile = bench.profile()
                     floor = bench.floor_check()
             scale = bench.scale() if "scale" in phases else {}
         finally:
@@ -505,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": results,
         "ratios": ratios,
         "scale": scale,
-        "profile": profile,
+        "profiles": profiles,
         "wall_s": 0.0,
     }
     data["targets"] = report.check_targets(results, ratios, scale, SCALE_STREAMS)

@@ -214,14 +214,17 @@ def text(data: dict[str, Any]) -> str:
     ]
     if noisy:
         lines += ["", "noisy blocks (other processes used the CPU), still noisy after retries: " + ", ".join(noisy)]
-    profile = data.get("profile") or {}
-    if profile.get("self_pct"):
-        lines += ["", f"gateway profile at c64 (py-spy, {profile['samples']} samples of its event loop), self time:"]
-        lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["self_pct"][:10]]
-        lines += ["gateway code, inclusive:"]
-        lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["gateway_inclusive_pct"][:10]]
-    elif profile:
-        lines += ["", f"profile: {profile.get('error')}"]
+    for key, profile in (data.get("profiles") or {}).items():
+        if profile.get("self_pct"):
+            lines += [
+                "",
+                f"gateway profile, {key} (py-spy, {profile['samples']} samples of its event loop), self time:",
+            ]
+            lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["self_pct"][:10]]
+            lines += ["gateway code, inclusive:"]
+            lines += [f"  {pct:5.1f}%  {name}" for name, pct in profile["gateway_inclusive_pct"][:10]]
+        else:
+            lines += ["", f"profile {key}: {profile.get('error')}"]
     return "\n".join(lines)
 
 
