@@ -251,7 +251,7 @@ class Bench:
                 return
 
     def _retry_left(self) -> float:
-        return self.args.retry_budget_s - self.retry_s
+        return float(self.args.retry_budget_s) - self.retry_s
 
     def _warm_up(self, path: Target, scenario: Scenario) -> None:
         if scenario.stream:
@@ -319,7 +319,7 @@ class Bench:
             return {"error": "py-spy is not installed (pip install py-spy)"}
         seconds = max(3, self.args.seconds * 2)
         out = self.run / f"profile-{scenario.key}.json"
-        argv = [spy, "record", "--pid", str(gateway.process.pid), "--duration", str(seconds), "--rate", "250"]
+        argv = [spy, "record", "--pid", str(gateway.process.pid), "--duration", str(seconds), "--rate", "1000"]
         argv += ["--nonblocking", "--format", "speedscope", "--output", str(out)]
         spying = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(0.5)

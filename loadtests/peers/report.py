@@ -8,6 +8,7 @@ and ``p99_ms`` as medians of the blocks' own (one hiccup of a noisy machine move
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -264,7 +265,10 @@ def chart(data: dict[str, Any], path: Path) -> str:
         series = [values_of(paths[n]) for n in shown]
         bars_per_path = len(series[0])
         width = 0.8 / bars_per_path
-        floor = 0.01  # a log scale: a value at or below 0 (no added latency) is drawn at the floor, labelled as is
+        # A log scale from the power of ten below the smallest positive value; a value at or below 0 (no added
+        # latency) is drawn at that floor and labelled as it is.
+        positive = [v for s in series for v in s if v is not None and v > 0]
+        floor = 10.0 ** math.floor(math.log10(min(positive, default=0.01)))
         for i in range(bars_per_path):
             xs = [j + i * width for j in range(len(shown))]
             heights = [max(s[i] or 0.0, floor) for s in series]
