@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 from opentelemetry.trace import Span
 
 from gateway.capture import CaptureWriter
+from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.evals.agreement import compare
 from gateway.evals.answer import FinishedAnswer, answer_from_json
 from gateway.evals.recorder import EvalRecorder
@@ -30,7 +30,7 @@ from gateway.policy.schema import CaptureSpec
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing, end_attempt, request_attributes
 from gateway.transport import GATEWAY_ONLY_FIELDS, PATHS
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import Timeouts, UpstreamClient
 from gateway.upstream.pool import BackendRegistry
 from gateway.wire import dumps, loads
 
@@ -205,15 +205,14 @@ class ShadowDispatcher:
         started = loop.time()
         try:
             async with asyncio.timeout(job.timeout_s):
-                async with self._client.session.post(
-                    base_url + PATHS[job.endpoint], data=dumps(body), headers=headers
-                ) as response:
-                    raw = await response.read()
-                    status = response.status
-        except TimeoutError:
+                url = base_url + PATHS[job.endpoint]
+                response = await self._client.post(url, dumps(body), headers, Timeouts(job.timeout_s, job.timeout_s))
+                status = response.status
+                raw = await response.read()
+        except (TimeoutError, UpstreamTimeout):
             self._count(job, "timeout")
             return None
-        except (aiohttp.ClientError, OSError) as exc:
+        except UpstreamError as exc:
             log.debug("shadow request to %s failed: %s", job.model, exc)
             self._count(job, "error")
             return None
