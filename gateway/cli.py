@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import sys
@@ -87,10 +88,31 @@ def _config(app: Any, host: str, port: int, level: str, lifespan: Literal["on", 
 async def _serve_all(servers: list[uvicorn.Server]) -> None:
     """Run the API (and the optional admin listener) in one event loop; when one stops, stop the other."""
     tasks = [asyncio.create_task(server.serve()) for server in servers]
+    while not all(server.started for server in servers) and not any(task.done() for task in tasks):
+        await asyncio.sleep(0.05)
+    tune_gc()
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for server in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+GC_GEN0_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Once serving: move everything alive after start-up (modules, policy, app) out of the collector's sight and
+    collect the young generation less often.
+
+    Each request allocates a few hundred short-lived containers, so with the default threshold (700) a collection
+    ran every few requests, and every tenth one walked the long-lived start-up objects again: in the overhead
+    benchmark this was worth about 8 % of throughput and most of the p99 at concurrency 64. Reference cycles are
+    still collected, in larger batches.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
 def _check(args: argparse.Namespace) -> int:

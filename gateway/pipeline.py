@@ -7,7 +7,7 @@ frames) and raises :class:`gateway.errors.GatewayError` for anything the client 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from gateway.auth import allow_cohort, allow_model
@@ -28,7 +28,7 @@ from gateway.spans import close_server_span, open_server_span
 @dataclass
 class ProxyResult:
     body: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
 
 
 async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot) -> ProxyResult:

@@ -8,7 +8,7 @@ event in OpenAI's error shape (and no ``[DONE]``), so the client sees an error r
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from gateway.context import RequestContext
@@ -49,7 +49,7 @@ def _rewrite(ctx: RequestContext, payload: bytes, model: str) -> bytes | None:
 
 async def relay_stream(
     ctx: RequestContext, answer: Answer, on_done: Callable[[], None], deadline: float
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Yield SSE frames for the client; ``on_done`` runs once however the stream ends (cancel included).
 
     ``deadline`` (a ``time.perf_counter`` value) is the request's total deadline: checked between chunks, while

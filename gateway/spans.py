@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
 from gateway.context import RequestContext
 from gateway.telemetry.tracing import Tracing, end_attempt, request_attributes
@@ -45,6 +45,8 @@ def close_server_span(ctx: RequestContext, status: int) -> None:
 
 
 def open_attempt_span(tracing: Tracing, ctx: RequestContext, model: str, backend_url: str, number: int) -> Span:
+    if not tracing.enabled:
+        return INVALID_SPAN
     address = urlsplit(backend_url)
     attributes = {
         **request_attributes(ctx.body),

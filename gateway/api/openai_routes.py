@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass
 
 from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive
 
 from gateway.api.headers import gateway_headers
 from gateway.api.validation import REQUEST_ID, parse_body, parse_json_object, read_body
@@ -27,50 +30,68 @@ class ProxiedError(Exception):
         self.ctx = ctx
 
 
-def request_id_of(request: Request) -> str:
-    sent = request.headers.get("x-request-id")
-    return sent if sent is not None and REQUEST_ID.match(sent) else uuid.uuid4().hex
+@dataclass
+class ProxyAnswer:
+    """A proxied request's answer for the HTTP layer: the gateway headers and a JSON body or a stream of frames."""
+
+    headers: dict[str, str]
+    body: bytes | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
 
 
-async def proxy(gateway: Gateway, request: Request, endpoint: Endpoint) -> Response:
-    """Parse, authenticate, run the pipeline, serialize: the whole HTTP side of a proxied request."""
-    ctx = RequestContext(
-        request_id=request_id_of(request),
-        endpoint=endpoint,
-        body={},
-        headers={k.lower(): v for k, v in request.headers.items()},
-    )
+def request_id_of(headers: Mapping[str, str]) -> str:
+    sent = headers.get("x-request-id")
+    return sent if sent is not None and REQUEST_ID.match(sent) else os.urandom(16).hex()
+
+
+async def proxy(gateway: Gateway, headers: dict[str, str], receive: Receive, endpoint: Endpoint) -> ProxyAnswer:
+    """Read, authenticate, parse and run the pipeline: the HTTP side of a proxied request, up to its answer.
+
+    ``headers`` are the request's, names lower-cased. Errors the client must hear about come back as
+    :class:`ProxiedError` (a client gone before its body arrived as ``ClientDisconnected``).
+    """
+    ctx = RequestContext(request_id=request_id_of(headers), endpoint=endpoint, body={}, headers=headers)
     snapshot = gateway.snapshot  # read once: a reload mid-request does not change this request's policy
     limits = snapshot.policy.spec.limits
     try:
-        raw = await read_body(request, limits.max_body_bytes)
-        ctx.client_key = snapshot.keys.authenticate(ctx.headers)
+        raw = await read_body(receive, headers.get("content-length"), limits.max_body_bytes)
+        ctx.client_key = snapshot.keys.authenticate(headers)
         ctx.body = parse_body(raw, endpoint, limits.max_messages)
         result = await handle(gateway, ctx, snapshot)
     except GatewayError as exc:
         raise ProxiedError(exc, ctx) from None
-    headers = gateway_headers(ctx)
-    if result.stream is not None:
-        headers["cache-control"] = "no-cache"
-        return StreamingResponse(result.stream, media_type="text/event-stream", headers=headers)
-    return Response(result.body, media_type="application/json", headers=headers)
+    return ProxyAnswer(gateway_headers(ctx), result.body, result.stream)
+
+
+def lowered_headers(request: Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def as_response(answer: ProxyAnswer) -> Response:
+    if answer.stream is not None:
+        headers = {**answer.headers, "cache-control": "no-cache"}
+        return StreamingResponse(answer.stream, media_type="text/event-stream", headers=headers)
+    return Response(answer.body, media_type="application/json", headers=answer.headers)
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
-    return await proxy(request.app.state.gateway, request, "chat")
+    """Served by :class:`gateway.api.fastpath.GatewayApp` before FastAPI; declared here for the OpenAPI schema."""
+    return as_response(await proxy(request.app.state.gateway, lowered_headers(request), request.receive, "chat"))
 
 
 @router.post("/v1/completions")
 async def completions(request: Request) -> Response:
-    return await proxy(request.app.state.gateway, request, "completions")
+    """Served by :class:`gateway.api.fastpath.GatewayApp` before FastAPI; declared here for the OpenAPI schema."""
+    gateway = request.app.state.gateway
+    return as_response(await proxy(gateway, lowered_headers(request), request.receive, "completions"))
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     gateway: Gateway = request.app.state.gateway
     snapshot = gateway.snapshot
-    key = snapshot.keys.authenticate({k.lower(): v for k, v in request.headers.items()})
+    key = snapshot.keys.authenticate(lowered_headers(request))
     spec = snapshot.policy.spec
     created = int(time.time())
     data = [
@@ -90,8 +111,8 @@ async def list_models(request: Request) -> Response:
 async def feedback(request: Request) -> Response:
     """``{"request_id", "score"}`` with score in -1..1; a negative score fails the ``user_feedback`` evaluator."""
     gateway: Gateway = request.app.state.gateway
-    gateway.snapshot.keys.authenticate({k.lower(): v for k, v in request.headers.items()})
-    body = parse_json_object(await read_body(request, 64 * 1024))
+    gateway.snapshot.keys.authenticate(lowered_headers(request))
+    body = parse_json_object(await read_body(request.receive, request.headers.get("content-length"), 64 * 1024))
     request_id, score = body.get("request_id"), body.get("score")
     if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
         raise InvalidRequest("'request_id' must be the x-request-id of an earlier answer", param="request_id")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from starlette.requests import Request
+from starlette.types import Receive
 
 from gateway.context import Endpoint
 from gateway.errors import InvalidRequest, PayloadTooLarge
@@ -18,18 +18,28 @@ from gateway.wire import loads
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+class ClientDisconnected(Exception):
+    """The client went away before its request body arrived: nobody is left to answer."""
+
+
+async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The whole request body from ASGI ``receive``, refused early when ``content-length`` (``declared``) says it
+    is over ``limit`` and as soon as it grows over it otherwise."""
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk: bytes = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:

@@ -36,6 +36,7 @@ class EvalRecorder:
         self.gates = EvalGates(spec, self.windows, clock, self._transition)
         self.feedback = FeedbackCache(spec.feedback_cache_size)
         self._on_transition = on_transition
+        self._evaluators: dict[str, tuple[str, ...]] = {}
 
     def reconfigure(self, spec: EvalsSpec, models: set[str], cohorts: set[str]) -> None:
         self.spec = spec
@@ -43,17 +44,22 @@ class EvalRecorder:
         self.windows.drop_unknown(models, cohorts)
         self.gates.reconfigure(spec)
         self.feedback.capacity = spec.feedback_cache_size
+        self._evaluators.clear()
         _settings.cache_clear()
 
     def evaluators_for(self, cohort: str) -> tuple[str, ...]:
         """Always-on evaluators, the cohort's own, and those its gates watch (feedback is not run online)."""
+        cached = self._evaluators.get(cohort)
+        if cached is not None:
+            return cached
         names = list(ALWAYS_ON)
         extra = self.spec.cohorts[cohort].evaluators if cohort in self.spec.cohorts else []
         gated = [e for g in self.spec.gates if cohort in g.cohorts for e in g.evaluators]
         for name in [*extra, *gated]:
             if name not in names and name in EVALUATORS:
                 names.append(name)
-        return tuple(names)
+        found = self._evaluators[cohort] = tuple(names)
+        return found
 
     def settings_for(self, cohort: str) -> EvalSettings:
         spec = self.spec.cohorts.get(cohort)

@@ -71,6 +71,10 @@ class Tracing:
             self.provider.shutdown()
 
     def server_span(self, name: str, headers: Mapping[str, str], request_id: str) -> Span:
+        """The request's SERVER span; without an exporter, the invalid span (the client's ``traceparent`` is then
+        forwarded as it came, and no per-request tracing work is done)."""
+        if self.provider is None:
+            return trace.INVALID_SPAN
         context = extract(headers)
         span = self.tracer.start_span(name, context=context, kind=SpanKind.SERVER)
         if span.is_recording():
@@ -116,7 +120,8 @@ class Tracing:
     @staticmethod
     def inject(span: Span, headers: dict[str, str]) -> None:
         """Put ``span``'s context into outgoing headers as W3C ``traceparent``/``tracestate``."""
-        inject(headers, context=trace.set_span_in_context(span))
+        if span.get_span_context().is_valid:
+            inject(headers, context=trace.set_span_in_context(span))
 
 
 def request_attributes(body: Mapping[str, Any]) -> dict[str, Any]:
