@@ -81,7 +81,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _config(app: Any, host: str, port: int, level: str, lifespan: Literal["on", "off"]) -> uvicorn.Config:
     return uvicorn.Config(
-        app, host=host, port=port, http="httptools", log_level=level, access_log=False, lifespan=lifespan
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        log_level=level,
+        access_log=False,
+        lifespan=lifespan,
+        proxy_headers=False,  # nothing reads the client address; the middleware cost ~3 % of CPU per request
     )
 
 

@@ -16,7 +16,7 @@ from gateway.routing.planner import Plan
 Endpoint = Literal["chat", "completions"]
 
 
-@dataclass
+@dataclass(slots=True)
 class AttemptRecord:
     """One upstream call: which model and replica, how it ended, how long it took (seconds)."""
 
@@ -29,7 +29,7 @@ class AttemptRecord:
     error: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -39,7 +39,7 @@ class Usage:
         return self.prompt_tokens + self.completion_tokens
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     endpoint: Endpoint

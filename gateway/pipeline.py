@@ -7,7 +7,7 @@ frames) and raises :class:`gateway.errors.GatewayError` for anything the client 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 from gateway.auth import allow_cohort, allow_model
@@ -27,8 +27,15 @@ from gateway.spans import close_server_span, open_server_span
 
 @dataclass
 class ProxyResult:
+    """A JSON ``body`` with ``done`` for the caller to run once it is sent, or a ``stream`` that runs it itself.
+
+    ``done`` (metrics, online evaluation, the end of the span) runs after the answer is out: none of it is the
+    client's business, so the client does not wait for it.
+    """
+
     body: bytes | None = None
     stream: AsyncGenerator[bytes, None] | None = None
+    done: Callable[[], None] = lambda: None
 
 
 async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot) -> ProxyResult:
@@ -67,8 +74,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
         close_server_span(ctx, ctx.status)
 
     if answer.events is None:
-        done()
-        return ProxyResult(body=answer.body)
+        return ProxyResult(body=answer.body, done=done)
     deadline = ctx.started + policy.health.timeouts.total_s
     return ProxyResult(stream=relay_stream(ctx, answer, done, deadline))
 

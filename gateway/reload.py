@@ -98,7 +98,7 @@ class PolicyReloader:
 
         directory = self.path.resolve().parent if not self.path.is_symlink() else self.path.absolute().parent
         name = self.path.name
-        async for changes in awatch(directory, debounce=self._debounce_ms, step=25, recursive=False):
+        async for changes in awatch(directory, debounce=self._debounce_ms, step=100, recursive=False):
             touched = {Path(p).name for _, p in changes}
             if name in touched or any(n.startswith("..") for n in touched):
                 await self.reload("file")

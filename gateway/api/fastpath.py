@@ -64,8 +64,11 @@ class GatewayApp:
             assert answer.body is not None
             raw = _raw_headers(answer.headers, JSON)
             raw.append((b"content-length", b"%d" % len(answer.body)))
-            await send({"type": "http.response.start", "status": 200, "headers": raw})
-            await send({"type": "http.response.body", "body": answer.body})
+            try:
+                await send({"type": "http.response.start", "status": 200, "headers": raw})
+                await send({"type": "http.response.body", "body": answer.body})
+            finally:
+                answer.done()
         else:
             await send_stream(answer.stream, _raw_headers(answer.headers, EVENT_STREAM), receive, send)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 
 from fastapi import APIRouter
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
@@ -37,6 +38,7 @@ class ProxyAnswer:
     headers: dict[str, str]
     body: bytes | None = None
     stream: AsyncGenerator[bytes, None] | None = None
+    done: Callable[[], None] = lambda: None
 
 
 def request_id_of(headers: Mapping[str, str]) -> str:
@@ -60,7 +62,7 @@ async def proxy(gateway: Gateway, headers: dict[str, str], receive: Receive, end
         result = await handle(gateway, ctx, snapshot)
     except GatewayError as exc:
         raise ProxiedError(exc, ctx) from None
-    return ProxyAnswer(gateway_headers(ctx), result.body, result.stream)
+    return ProxyAnswer(gateway_headers(ctx), result.body, result.stream, result.done)
 
 
 def lowered_headers(request: Request) -> dict[str, str]:
@@ -71,7 +73,9 @@ def as_response(answer: ProxyAnswer) -> Response:
     if answer.stream is not None:
         headers = {**answer.headers, "cache-control": "no-cache"}
         return StreamingResponse(answer.stream, media_type="text/event-stream", headers=headers)
-    return Response(answer.body, media_type="application/json", headers=answer.headers)
+    return Response(
+        answer.body, media_type="application/json", headers=answer.headers, background=BackgroundTask(answer.done)
+    )
 
 
 @router.post("/v1/chat/completions")
