@@ -112,9 +112,9 @@ def tune_gc() -> None:
     collect the young generation less often.
 
     Each request allocates a few hundred short-lived containers, so with the default threshold (700) a collection
-    ran every few requests, and every tenth one walked the long-lived start-up objects again: in the overhead
-    benchmark this was worth about 8 % of throughput and most of the p99 at concurrency 64. Reference cycles are
-    still collected, in larger batches.
+    ran every few requests, and every hundredth or so was a full one that walked the ~90,000 long-lived start-up
+    objects again (34-43 ms, a stall for every request in flight). In the overhead benchmark this was worth 7-12 %
+    of throughput and most of the p99 at concurrency 64. Reference cycles are still collected, in larger batches.
     """
     gc.collect()
     gc.freeze()

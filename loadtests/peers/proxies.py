@@ -6,6 +6,7 @@ Each factory takes the upstream's base URL, a scratch directory and the core to 
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 from pathlib import Path
@@ -70,11 +71,21 @@ def vllm_router(upstream: str, run: Path, cpu: int | None) -> Process:
     return Process("vllm-router", argv, ready_url=url + "/health", url=url, log=run / "vllm-router.log", cpu=cpu)
 
 
-PEERS = {"nginx": nginx_proxy, "litellm": litellm, "vllm-router": vllm_router}
+def aiohttp_passthrough(upstream: str, run: Path, cpu: int | None) -> Process:
+    """A bare Python pass-through (``passthrough.py``): the floor of a Python proxy, with none of the features."""
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    argv = [sys.executable, str(PEERS_DIR / "passthrough.py"), "--upstream", upstream, "--port", str(port)]
+    return Process("aiohttp-pass", argv, ready_url=url + "/health", url=url, log=run / "passthrough.log", cpu=cpu)
+
+
+PEERS = {"nginx": nginx_proxy, "litellm": litellm, "vllm-router": vllm_router, "aiohttp-pass": aiohttp_passthrough}
 
 
 def peer_status(name: str) -> tuple[str | None, str]:
     """``(version, "")`` when the peer can run here, else ``(None, why not and how to install it)``."""
+    if name == "aiohttp-pass":
+        return f"aiohttp {importlib.metadata.version('aiohttp')}", ""
     if name == "nginx":
         if not Path(nginx_binary()).exists():
             return None, "nginx is not installed (apt-get install nginx-light)"

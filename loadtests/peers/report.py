@@ -18,7 +18,7 @@ import loadkit
 
 from peers.processes import ROOT
 
-PATHS = ("direct", "gateway", "nginx", "vllm-router", "litellm")
+PATHS = ("direct", "gateway", "nginx", "vllm-router", "litellm", "aiohttp-pass")
 """Every path, in the order they are reported."""
 NOISY_CORES = 0.15
 """A block during which processes outside the benchmark used more CPU than this (in cores) counts as noisy."""
@@ -121,6 +121,14 @@ def check_targets(
             0.25,
             capacity,
             ("fast-c64", "vllm-router"),
+        ),
+        target(
+            "capacity x a bare aiohttp pass-through",
+            ratios.get("aiohttp-pass", {}).get("capacity_x"),
+            ">=",
+            1,
+            capacity,
+            ("fast-c64", "aiohttp-pass"),
         ),
         target("stream TTFT added p50 ms, c16", gateway("stream-c16", "added_p50_ms"), "<=", 1, *added("stream-c16")),
         target(
