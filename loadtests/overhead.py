@@ -1,11 +1,12 @@
-"""Overhead benchmark: the gateway against the direct path, nginx, LiteLLM's proxy and vllm-router, in one run.
+"""Overhead benchmark: the gateway against the direct path, nginx, LiteLLM, vllm-router and a bare pass-through.
 
 Every path is pointed at the same upstream and driven by the same load, in the same run:
 
 * **direct**: client → upstream, the floor; **gateway**: client → gateway (full policy: cohorts, routes with
   fallback, evaluators, eval gates, metrics; no OTLP endpoint, so spans are no-ops) → upstream; and, when
-  installed, **nginx** as a plain reverse proxy, **litellm** (its proxy, one worker) and **vllm-router** (vLLM's
-  Rust router). Configs: ``loadtests/peers/``. A peer that is not installed is skipped with a line saying why.
+  installed, **nginx** as a plain reverse proxy, **litellm** (its proxy, one worker), **vllm-router** (vLLM's
+  Rust router) and **aiohttp-pass** (``peers/passthrough.py``, a bare aiohttp pass-through: the floor of a Python
+  proxy). Configs: ``loadtests/peers/``. A peer that is not installed is skipped with a line saying why.
 * **Pinning**: each proxy runs on one core (``taskset``); this script, ``wrk`` and the upstream on the other.
 * **Upstream**: nginx answering with vLLM answers recorded from the simulator at the start of the run
   (``peers/nginx-upstream.conf``): at once, after 50 ms, or streamed (first token after 50 ms, then 10 ms a token;
