@@ -77,10 +77,11 @@ def test_quick_run_skips_peers_and_reports_every_target(quick_run: tuple[dict[st
         "nginx": "skipped",
         "litellm": "skipped",
         "vllm-router": "skipped",
+        "aiohttp-pass": "skipped",
     }
     assert data["ratios"] == {}
     targets = data["targets"]
-    assert len(targets) == 10
+    assert len(targets) == 11
     for target in targets:
         assert set(target) == {"target", "value", "op", "limit", "met", "noisy"}
         assert target["met"] in (True, False, None)
