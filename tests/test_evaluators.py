@@ -16,9 +16,9 @@ from gateway.evals.evaluators import (
     EVALUATORS,
     EvalSettings,
     Outcome,
-    SchemaCache,
     run_evaluators,
 )
+from gateway.evals.schemas import SchemaCache
 from gateway.sim.engine import REFUSAL
 
 CHAT: dict[str, Any] = {"model": "tiny-base", "messages": [{"role": "user", "content": "hi"}]}

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.evals.answer import FinishedAnswer, ToolCall
-from gateway.evals.evaluators import EVALUATORS, EvalSettings, SchemaCache, Verdict
+from gateway.evals.evaluators import EVALUATORS, EvalSettings, Verdict
+from gateway.evals.schemas import SchemaCache
 from gateway.promote.dataset import Case
 from gateway.promote.grounding import overlap
 
