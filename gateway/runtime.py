@@ -104,7 +104,9 @@ class Gateway:
                     if (model.served_name or name) not in names:
                         names.append(model.served_name or name)
         for sim_name, models in served.items():
-            if sim_name not in self.sims:
+            if sim_name in self.sims:
+                self.sims[sim_name].state.serve(models)
+            else:
                 server = SimServer(models, self._sim_profile)
                 await server.start("127.0.0.1", 0)
                 self.sims[sim_name] = server

@@ -238,7 +238,10 @@ def test_sighup_reloads_and_admin_port_separates_admin(tmp_path: Path) -> None:
         assert httpx.get(f"{url}/admin/state", headers=AUTH).status_code == 404
         assert httpx.get(f"{admin}/admin/state", headers=AUTH).status_code == 200
         first = httpx.get(f"{url}/readyz").json()["policy_version"]
-        policy.write_text(local.replace("revision: local-default", "revision: after-sighup"))
+        # The new policy also gives an embedded simulator a second model name, which it must serve after the reload.
+        extra = '  merged-v2: {kind: merged, sources: [billing-specialist], backends: ["sim://merged-a"]}\n'
+        reloaded = local.replace("revision: local-default", "revision: after-sighup")
+        policy.write_text(reloaded.replace("  merged-v1:\n", extra + "  merged-v1:\n"))
         time.sleep(0.3)
         assert httpx.get(f"{url}/readyz").json()["policy_version"] == first  # --no-watch: no reload by itself
         process.send_signal(signal.SIGHUP)
@@ -247,6 +250,10 @@ def test_sighup_reloads_and_admin_port_separates_admin(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert httpx.get(f"{url}/readyz").json()["policy_version"].startswith("after-sighup/")
         assert httpx.get(f"{admin}/admin/policy", headers=AUTH).json()["last_reload"]["trigger"] == "sighup"
+        chat = {"model": "merged-v2", "messages": [{"role": "user", "content": "hello"}]}
+        answer = httpx.post(f"{url}/v1/chat/completions", json=chat, timeout=10)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-gateway-model"] == "merged-v2" and answer.json()["model"] == "merged-v2"
     finally:
         process.terminate()
         assert process.wait(10) is not None

@@ -37,6 +37,15 @@ class SimState:
         self._initial = profile
         self._swap(profile)
 
+    def serve(self, names: list[str]) -> None:
+        """Serve ``names`` too (a reloaded gateway policy may give an embedded simulator more models)."""
+        for name in names:
+            if name not in self._waiters:
+                self.models.append(name)
+                self.stats.models[name] = ModelStats()
+                self._waiters[name] = deque()
+                self.effective[name] = self.profile.for_model(name)
+
     def _swap(self, profile: SimProfile) -> None:
         self.effective: dict[str, ModelProfile] = {name: profile.for_model(name) for name in self.models}
         self.profile = profile
