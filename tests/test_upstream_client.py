@@ -247,3 +247,23 @@ async def test_concurrent_requests_get_their_own_answers() -> None:
         again = await asyncio.gather(*(one(i) for i in range(1, 21)))
         assert again == answers
         assert script.connections == 20  # and all of them reused
+
+
+async def test_closing_the_client_closes_connections_in_use_too() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        writer.write(chunked(b"data: [DONE]\n\n"))  # the end of the SSE, but not yet of the HTTP answer
+        await writer.drain()
+        await asyncio.wait_for(reader.read(), 5)  # b"" once the client closes the connection
+
+    async with scripted(handler) as (url, script, client):
+        response = await client.post(url + "/v1/chat/completions", b"{}", {}, TIMEOUTS)
+        assert await anext(response.events()) == b"[DONE]"
+        response.close()  # waits a grace period for the answer's last bytes before dropping the connection
+        await client.close()
+        for _ in range(50):  # well within the 1 s grace after which the response alone would drop it
+            if script.disconnects:
+                break
+            await asyncio.sleep(0.01)
+        assert script.disconnects == 1

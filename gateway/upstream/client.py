@@ -110,6 +110,7 @@ class UpstreamClient:
         self._max_connections = max_connections
         self._max_idle = max_idle_per_origin
         self._idle: dict[Origin, list[Connection]] = {}
+        self._open_connections: set[Connection] = set()
         self._origins: dict[str, tuple[Origin, str]] = {}
         self._open = 0
         self._slot_waiters: list[asyncio.Future[None]] = []
@@ -120,9 +121,9 @@ class UpstreamClient:
         self._started = True
 
     async def close(self) -> None:
-        for conns in self._idle.values():
-            for conn in conns:
-                conn.close()
+        """Close every connection, in use or idle (an answer still being read fails as a closed connection)."""
+        for conn in list(self._open_connections):
+            self._discard(conn)
         self._idle.clear()
         self._started = False
 
@@ -217,6 +218,7 @@ class UpstreamClient:
             raise UpstreamTimeout("timed out connecting to the backend") from None
         except OSError as exc:
             raise UpstreamConnectError(f"cannot connect: {exc.strerror or exc}") from None
+        self._open_connections.add(conn)
         return conn
 
     def _release(self, conn: Connection) -> None:
@@ -236,6 +238,7 @@ class UpstreamClient:
             return
         conn.counted = False
         conn.close()
+        self._open_connections.discard(conn)
         self._freed()
 
     def _freed(self) -> None:
