@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.metrics import MetricWrapperBase
 
 from gateway.telemetry.metrics import GatewayMetrics
+from gateway.telemetry.series import Series
 from tests import harness
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,13 +68,12 @@ def require_tool(name: str) -> str:
 def exported_series() -> dict[str, frozenset[str]]:
     """Sample name → label names, for every series a ``GatewayMetrics`` registry exposes.
 
-    A labelled metric exposes no sample until it has a child, so one child per metric is made first;
-    prometheus_client keeps the label names only in the private ``_labelnames``.
+    A labelled metric exposes no sample until it has a child, so one child per metric is made first.
     """
     metrics = GatewayMetrics()
     for metric in vars(metrics).values():
-        if isinstance(metric, MetricWrapperBase) and metric._labelnames:
-            metric.labels(*("x" for _ in metric._labelnames))
+        if isinstance(metric, Series) and metric.labelnames:
+            metric.labels(*("x" for _ in metric.labelnames))
     series: dict[str, set[str]] = {}
     for family in metrics.registry.collect():
         for sample in family.samples:

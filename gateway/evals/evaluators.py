@@ -7,6 +7,7 @@ odd input: requests and answers are client and backend data, so every shape is c
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ class Evaluator(Protocol):
     def evaluate(self, answer: FinishedAnswer, settings: EvalSettings) -> Outcome: ...
 
 
+@functools.lru_cache(maxsize=1024)  # outcomes are immutable, and most reasons are constant strings
 def _outcome(verdict: Verdict, reason: str) -> Outcome:
     return Outcome(verdict, reason if len(reason) <= _REASON_MAX else reason[: _REASON_MAX - 1] + "…")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 SOURCES = "sources"
 """The reserved fallback entry that expands to the merged model's source models."""
@@ -236,10 +236,18 @@ class EvalsSpec(Strict):
     gates: list[GateSpec] = Field(default_factory=list)
     promotion: PromotionSpec | None = None
     feedback_cache_size: PositiveInt = Field(default=100_000, description="request ids remembered for feedback")
+    _gate_by_pair: dict[tuple[str, str], GateSpec | None] = PrivateAttr(default_factory=dict)
 
     def gate_for(self, model: str, cohort: str) -> GateSpec | None:
-        """The gate that governs ``model`` on ``cohort``: the first one listing both."""
-        return next((g for g in self.gates if model in g.models and cohort in g.cohorts), None)
+        """The gate that governs ``model`` on ``cohort``: the first one listing both (looked up once per pair: the
+        request path asks several times per request)."""
+        key = (model, cohort)
+        try:
+            return self._gate_by_pair[key]
+        except KeyError:
+            gate = next((g for g in self.gates if model in g.models and cohort in g.cohorts), None)
+            self._gate_by_pair[key] = gate
+            return gate
 
 
 class TelemetrySpec(Strict):

@@ -8,10 +8,11 @@ gateways in one process never share series.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol, TypeVar
+from typing import Protocol
 
-import prometheus_client
 from prometheus_client import CollectorRegistry, generate_latest
+
+from gateway.telemetry.series import Counter, Gauge, Histogram
 
 
 class BreakerView(Protocol):
@@ -33,42 +34,6 @@ class BackendView(Protocol):
 
     @property
     def available(self) -> bool: ...
-
-
-_M = TypeVar("_M", bound="_CachedLabels")
-
-
-class _CachedLabels:
-    """``labels()`` that returns the child it returned before for the same values.
-
-    prometheus_client checks the values and takes a lock on every ``labels()`` call; the request path makes about
-    a dozen per request, from a bounded set of label values (policy names), so each child is looked up once.
-    """
-
-    def labels(self: _M, *labelvalues: Any, **labelkwargs: Any) -> _M:
-        if labelkwargs:
-            return super().labels(*labelvalues, **labelkwargs)  # type: ignore[misc, no-any-return]
-        cache: dict[tuple[Any, ...], _M] = self.__dict__.setdefault("_cached_children", {})
-        child = cache.get(labelvalues)
-        if child is None:
-            child = cache[labelvalues] = super().labels(*labelvalues)  # type: ignore[misc]
-        return child
-
-    def clear(self) -> None:
-        self.__dict__.pop("_cached_children", None)
-        super().clear()  # type: ignore[misc]
-
-
-class Counter(_CachedLabels, prometheus_client.Counter):
-    pass
-
-
-class Gauge(_CachedLabels, prometheus_client.Gauge):
-    pass
-
-
-class Histogram(_CachedLabels, prometheus_client.Histogram):
-    pass
 
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
@@ -116,10 +81,10 @@ class GatewayMetrics:
         self.upstream_failures = Counter(
             p + "upstream_failures", "Failed upstream attempts.", ["model", "backend", "reason"], registry=r
         )
-        self.inflight = Gauge(p + "inflight_requests", "Requests being served now.", registry=r)
+        self.inflight = Gauge(p + "inflight_requests", "Requests being served now.", registry=r).only
         self.overhead = Histogram(
             p + "overhead_seconds", "Time the gateway itself added.", buckets=OVERHEAD_BUCKETS, registry=r
-        )
+        ).only
         self.backend_up = Gauge(
             p + "backend_up",
             "1 when the backend takes requests (healthy, not drained, breaker not open).",
