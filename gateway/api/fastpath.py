@@ -68,7 +68,9 @@ class GatewayApp:
                 await send({"type": "http.response.start", "status": 200, "headers": raw})
                 await send({"type": "http.response.body", "body": answer.body})
             finally:
-                answer.done()
+                # On the loop's next turn: answers that arrived together (a burst of requests whose backend
+                # answered at once) all go out before any of their bookkeeping runs.
+                asyncio.get_running_loop().call_soon(answer.done)
         else:
             await send_stream(answer.stream, _raw_headers(answer.headers, EVENT_STREAM), receive, send)
 
