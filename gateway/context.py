@@ -11,6 +11,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from gateway.auth import ClientKey
 from gateway.evals.answer import StreamAssembler
 from gateway.routing.cohorts import CohortDecision
+from gateway.routing.features import RequestFeatures
 from gateway.routing.planner import Plan
 
 Endpoint = Literal["chat", "completions"]
@@ -47,6 +48,7 @@ class RequestContext:
     headers: dict[str, str]  # lower-cased names
     policy_version: str = ""
     started: float = field(default_factory=time.perf_counter)
+    features: RequestFeatures | None = None  # what classification read, reused by dispatch (affinity)
     decision: CohortDecision | None = None
     plan: Plan | None = None
     attempts: list[AttemptRecord] = field(default_factory=list)

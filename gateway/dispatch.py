@@ -58,14 +58,14 @@ def affinity_key(route: RouteSpec, features: RequestFeatures) -> str | None:
 
 
 async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> Answer:
-    assert ctx.plan is not None
+    assert ctx.plan is not None and ctx.features is not None
     plan = ctx.plan
     skipped = plan.primary_skipped
     if skipped is not None:
         ctx.note_fallback(skipped.reason, skipped.model)
     timeouts = policy.health.timeouts
     deadline = ctx.started + timeouts.total_s
-    key = affinity_key(policy.route_for(ctx.cohort)[1], RequestFeatures(ctx.body, ctx.headers))
+    key = affinity_key(policy.route_for(ctx.cohort)[1], ctx.features)
     failures: list[tuple[str, str, UpstreamError]] = []
     index = 0
     while index < len(plan.attempts):

@@ -99,6 +99,6 @@ def classify_and_plan(snapshot: PolicySnapshot, ctx: RequestContext, skip: Model
     model = ctx.body.get("model")
     if not isinstance(model, str) or not snapshot.knows_model(model):
         raise ModelNotFound(str(model))
-    features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
+    features = ctx.features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
     ctx.decision = snapshot.classifier.classify(features)
     ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id, skip)
