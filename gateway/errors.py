@@ -5,6 +5,7 @@ GatewayError                      status  retryable (a fallback may follow)
 ├── AuthenticationFailed          401     no
 ├── PermissionDenied              403     no
 ├── ModelNotFound                 404     no
+├── RequestTimeout                408     no    the client sent its body too slowly
 ├── PayloadTooLarge               413     no
 ├── UpstreamError                          (raised by the transport, one per failed attempt)
 │   ├── UpstreamConnectError      502     yes   connect refused/reset, DNS
@@ -65,6 +66,12 @@ class ModelNotFound(GatewayError):
 
     def __init__(self, model: str) -> None:
         super().__init__(f"The model '{model}' does not exist or you do not have access to it.", param="model")
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

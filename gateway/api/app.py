@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.api import admin_routes, openai_routes, ops_routes
+from gateway.api import admin_routes, feedback_routes, openai_routes, ops_routes
 from gateway.api.fastpath import GatewayApp, internal_error_response, proxied_error_response
 from gateway.api.openai_routes import ProxiedError
 from gateway.errors import GatewayError
@@ -42,6 +42,7 @@ def create_fastapi_app(gateway: Gateway, *, admin: bool = True) -> FastAPI:
     app = FastAPI(title="llm-gateway", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.gateway = gateway
     app.include_router(openai_routes.router)
+    app.include_router(feedback_routes.router)
     app.include_router(ops_routes.router)
     if admin:
         app.include_router(admin_routes.router)

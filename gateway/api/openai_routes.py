@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive
 
 from gateway.api.headers import gateway_headers
-from gateway.api.validation import REQUEST_ID, parse_body, parse_json_object, read_body
+from gateway.api.validation import REQUEST_ID, parse_body, read_body
 from gateway.context import Endpoint, RequestContext
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import GatewayError
 from gateway.pipeline import handle
 from gateway.runtime import Gateway
 
@@ -109,31 +109,3 @@ async def list_models(request: Request) -> Response:
     if key is not None and key.spec.models is not None:
         data = [m for m in data if m["id"] in key.spec.models]
     return JSONResponse({"object": "list", "data": data})
-
-
-@router.post("/v1/feedback")
-async def feedback(request: Request) -> Response:
-    """``{"request_id", "score"}`` with score in -1..1; a negative score fails the ``user_feedback`` evaluator."""
-    gateway: Gateway = request.app.state.gateway
-    gateway.snapshot.keys.authenticate(lowered_headers(request))
-    body = parse_json_object(await read_body(request.receive, request.headers.get("content-length"), 64 * 1024))
-    request_id, score = body.get("request_id"), body.get("score")
-    if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
-        raise InvalidRequest("'request_id' must be the x-request-id of an earlier answer", param="request_id")
-    if not isinstance(score, int | float) or isinstance(score, bool) or not -1 <= score <= 1:
-        raise InvalidRequest("'score' must be a number in -1..1", param="score")
-    found = gateway.recorder.feedback_score(request_id, float(score))
-    if found is None:
-        raise UnknownRequest(f"no recent answer has request id '{request_id}'", param="request_id")
-    model, cohort = found
-    return JSONResponse({"request_id": request_id, "model": model, "cohort": cohort, "counted_as": _verdict(score)})
-
-
-def _verdict(score: float) -> str:
-    return "fail" if score < 0 else "pass"
-
-
-class UnknownRequest(GatewayError):
-    status = 404
-    type = "invalid_request_error"
-    code = "request_not_found"

@@ -28,6 +28,21 @@ ValueMatch = Scalar | list[Scalar]
 NameOrNames = str | list[str]
 
 
+class TlsSpec(Strict):
+    """How the gateway checks an ``https://`` backend and proves itself to it. Verification is on by default."""
+
+    verify: bool = Field(default=True, description="check the backend's certificate (and its host name)")
+    ca_file: str | None = Field(default=None, description="PEM bundle of CAs to trust instead of the system's")
+    cert_file: str | None = Field(default=None, description="client certificate (PEM) for mutual TLS")
+    key_file: str | None = Field(default=None, description="the client certificate's private key (PEM)")
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> TlsSpec:
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("'key_file' needs 'cert_file'")
+        return self
+
+
 class ModelSpec(Strict):
     """One model of the registry: a name the gateway knows and the vLLM replicas that serve it."""
 
@@ -42,6 +57,10 @@ class ModelSpec(Strict):
         default=None, pattern=r"^env:[A-Za-z_][A-Za-z0-9_]*$", description="env:VAR holding the backend's own key"
     )
     description: str | None = None
+    tls: TlsSpec | None = Field(default=None, description="TLS to https:// backends: private CA, client cert (mTLS)")
+    max_connections: PositiveInt = Field(
+        default=256, description="open connections per replica; a request waits health.timeouts.pool_wait_s for one"
+    )
 
 
 class Match(Strict):
@@ -148,9 +167,14 @@ class BreakerSpec(Strict):
 
 
 class TimeoutsSpec(Strict):
+    """Seconds. ``total_s`` is a hard deadline for the whole answer, streamed or not."""
+
     connect_s: PositiveFloat = 2.0
-    first_byte_s: PositiveFloat = 30.0
+    first_byte_s: PositiveFloat = Field(default=30.0, description="wait for the answer's headers, then each chunk")
     total_s: PositiveFloat = 300.0
+    pool_wait_s: PositiveFloat = Field(
+        default=1.0, description="wait for a free connection when a replica is at max_connections (then fall back)"
+    )
 
 
 class HealthSpec(Strict):
@@ -258,6 +282,10 @@ class TelemetrySpec(Strict):
 
 class LimitsSpec(Strict):
     max_body_bytes: PositiveInt = 8 * 1024 * 1024
+    body_timeout_s: PositiveFloat = Field(default=30.0, description="a client must send its whole body within this")
+    max_answer_bytes: PositiveInt = Field(
+        default=64 * 1024 * 1024, description="largest non-streamed backend answer relayed (larger: 502)"
+    )
     max_messages: PositiveInt = 2048
     forward_headers: list[str] = Field(
         default_factory=list, description="client request headers passed on to backends (all others are dropped)"
