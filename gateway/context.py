@@ -60,6 +60,7 @@ class RequestContext:
     first_byte_at: float | None = None
     upstream_s: float = 0.0  # time spent waiting on backends, for the overhead figure
     stream_error: str | None = None
+    relayed_chunks: int = 0  # stream chunks with choices sent to the client (a token each, roughly)
     answer_json: dict[str, Any] | None = None  # the non-stream answer as parsed (for evaluators)
     assembler: StreamAssembler | None = None  # collects a streamed answer (for evaluators)
     upstream_model: str | None = None  # what vLLM answered in ``model`` (its served name)

@@ -4,24 +4,28 @@ For each model of the plan, a few replicas are tried in the pool's order; a retr
 timeout, 5xx, 429, breaker open, no available replica) moves on, first to another replica and then to the next
 model (a *fallback*, recorded with its reason). A 400 saying the prompt exceeds the context window skips ahead to
 the next model that declares a larger ``max_context``. Any other non-retryable upstream error (a 4xx the request
-caused) ends the walk and goes back to the client. ``health.timeouts.total_s`` bounds the whole walk. When nothing
+caused, or a backend that dropped the connection once it had the request, which is never sent twice) ends the walk
+and goes back to the client. ``health.timeouts.total_s`` bounds the whole walk. When nothing
 is left, one :class:`AttemptsExhausted` lists every attempt.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 
-from gateway.context import AttemptRecord, RequestContext
+from gateway.attempt import Attempt
+from gateway.context import RequestContext
 from gateway.errors import AttemptsExhausted, NoBackendAvailable, UpstreamError, UpstreamStatus, UpstreamTimeout
 from gateway.policy.schema import PolicySpec, RouteSpec
 from gateway.routing.features import RequestFeatures
 from gateway.runtime import Gateway
-from gateway.spans import close_attempt_span, open_attempt_span
 from gateway.transport import Answer, single_attempt
 from gateway.upstream.client import Timeouts
 from gateway.upstream.pool import Backend
+
+log = logging.getLogger("gateway.dispatch")
 
 REPLICAS_PER_MODEL = 2
 """At most this many replicas of one model are tried before moving down the fallback chain."""
@@ -65,7 +69,7 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
         ctx.note_fallback(skipped.reason, skipped.model)
     timeouts = policy.health.timeouts
     deadline = ctx.started + timeouts.total_s
-    key = affinity_key(policy.route_for(ctx.cohort)[1], ctx.features)
+    key = affinity_key(plan.route_spec, ctx.features)
     failures: list[tuple[str, str, UpstreamError]] = []
     index = 0
     while index < len(plan.attempts):
@@ -90,9 +94,14 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
             if not backend.breaker.acquire():
                 continue
             tried += 1
-            attempt_timeouts = Timeouts(min(timeouts.connect_s, remaining), min(timeouts.first_byte_s, remaining))
+            attempt_timeouts = Timeouts(
+                connect_s=min(timeouts.connect_s, remaining),
+                first_byte_s=min(timeouts.first_byte_s, remaining),
+                total_s=remaining,
+                pool_wait_s=min(timeouts.pool_wait_s, remaining),
+            )
             try:
-                answer = await _attempt(gateway, ctx, backend, attempt_timeouts)
+                answer = await _attempt(gateway, ctx, backend, attempt_timeouts, policy.limits.max_answer_bytes)
             except UpstreamError as exc:
                 if is_context_window_error(exc):
                     jump = larger_context(policy, plan.attempts, index - 1)
@@ -106,6 +115,7 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
                     raise
                 failures.append((model, backend.url, exc))
                 gateway.metrics.upstream_failure(model, backend.label, exc.fallback_reason)
+                log.info("attempt %s at %s failed: %s", model, backend.url, exc.describe())
                 continue
             ctx.answered_by = model
             return answer
@@ -119,30 +129,21 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
     raise AttemptsExhausted(failures)
 
 
-async def _attempt(gateway: Gateway, ctx: RequestContext, backend: Backend, timeouts: Timeouts) -> Answer:
-    """One call with its bookkeeping: in-flight count, breaker verdict, attempt record."""
-    record = AttemptRecord(model=backend.model, backend=backend.url, number=len(ctx.attempts) + 1)
-    ctx.attempts.append(record)
-    span = open_attempt_span(gateway.tracing, ctx, backend.model, backend.url, record.number)
-    backend.inflight += 1
-    started = time.perf_counter()
+async def _attempt(
+    gateway: Gateway, ctx: RequestContext, backend: Backend, timeouts: Timeouts, max_answer_bytes: int
+) -> Answer:
+    """One call under its :class:`Attempt`: a failure or a non-streamed answer ends it here, a stream's relay
+    ends it later."""
+    attempt = Attempt(gateway.tracing, ctx, backend)
     try:
-        answer = await single_attempt(ctx, gateway.client, backend, timeouts, record, span)
+        answer = await single_attempt(ctx, gateway.client, attempt, timeouts, max_answer_bytes)
     except UpstreamError as exc:
-        backend.inflight -= 1
-        record.outcome = exc.fallback_reason
-        record.error = exc.describe()
-        if exc.status != 429:  # backpressure is not a sign of a broken backend
-            backend.breaker.record(ok=not exc.retryable, latency_s=time.perf_counter() - started)
-        close_attempt_span(ctx, span, error=exc.describe(), error_type=exc.code or type(exc).__name__)
+        attempt.finish(exc)
         raise
     except BaseException:
-        backend.inflight -= 1
-        backend.breaker.release()
-        close_attempt_span(ctx, span, error="cancelled", error_type="cancelled")
+        attempt.finish(cancelled=True)
         raise
-    backend.breaker.record(ok=True, latency_s=time.perf_counter() - started)
+    attempt.answered()
     if answer.events is None:
-        backend.inflight -= 1  # a stream keeps its slot (and its span) until the relay ends
-        close_attempt_span(ctx, span)
+        attempt.finish()
     return answer

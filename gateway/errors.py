@@ -8,8 +8,11 @@ GatewayError                      status  retryable (a fallback may follow)
 ├── RequestTimeout                408     no    the client sent its body too slowly
 ├── PayloadTooLarge               413     no
 ├── UpstreamError                          (raised by the transport, one per failed attempt)
-│   ├── UpstreamConnectError      502     yes   connect refused/reset, DNS
-│   ├── UpstreamTimeout           504     yes   connect_s / first_byte_s / total_s
+│   ├── UpstreamConnectError      502     yes   refused, DNS, TLS: the request never reached the backend
+│   ├── UpstreamTimeout           504     yes   connect_s / pool_wait_s / first_byte_s / total_s
+│   ├── UpstreamDisconnected      502     no    closed or broke the answer once it had the request
+│   ├── UpstreamBadAnswer         502     yes   not the JSON / event stream the endpoint answers with
+│   ├── UpstreamAnswerTooLarge    502     yes   over limits.max_answer_bytes
 │   ├── UpstreamStatus            as sent 5xx and 429 yes; other 4xx no (passed through)
 │   └── NoBackendAvailable        503     yes   every replica unhealthy, open or drained
 └── AttemptsExhausted             503/504 no    lists every attempt's error
@@ -81,10 +84,19 @@ class PayloadTooLarge(GatewayError):
 
 
 class UpstreamError(GatewayError):
-    """One failed attempt at one backend; ``backend`` is its base URL."""
+    """One failed attempt at one backend; ``backend`` is its URL, for logs and spans only (clients never see it).
+
+    ``retryable``: the request may go to another backend. ``backend_fault``: the failure counts against the
+    backend's circuit breaker (a 4xx the request caused does not). ``retry_after_s``: the backend asked for a pause.
+    """
 
     retryable = True
     backend = ""
+    retry_after_s: float | None = None
+
+    @property
+    def backend_fault(self) -> bool:
+        return self.retryable
 
     def describe(self) -> str:
         return self.message
@@ -103,6 +115,32 @@ class UpstreamTimeout(UpstreamError):
     fallback_reason = "timeout"
 
 
+class UpstreamDisconnected(UpstreamError):
+    """The backend dropped the connection (or broke the answer's framing) after the request was sent: it may be
+    generating already, so the POST is not sent again anywhere."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_disconnected"
+    retryable = False
+
+    @property
+    def backend_fault(self) -> bool:
+        return True
+
+
+class UpstreamBadAnswer(UpstreamError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_bad_answer"
+
+
+class UpstreamAnswerTooLarge(UpstreamError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_answer_too_large"
+
+
 class NoBackendAvailable(UpstreamError):
     status = 503
     type = "upstream_error"
@@ -113,8 +151,9 @@ class NoBackendAvailable(UpstreamError):
 class UpstreamStatus(UpstreamError):
     """A backend answered with an error status. 5xx and 429 may fall back; other 4xx belong to the request."""
 
-    def __init__(self, status: int, raw: bytes) -> None:
+    def __init__(self, status: int, raw: bytes, retry_after_s: float | None = None) -> None:
         self.status = status
+        self.retry_after_s = retry_after_s
         self.raw = raw
         self.retryable = status >= 500 or status == 429
         try:
@@ -126,10 +165,17 @@ class UpstreamStatus(UpstreamError):
         super().__init__(f"upstream answered {status}: {detail}")
         self.type = "upstream_error" if status >= 500 else "invalid_request_error"
 
+    @property
+    def backend_fault(self) -> bool:
+        return self.status >= 500
+
     def body(self) -> dict[str, Any]:
         if self.passthrough is not None:
             return dict(self.passthrough)
         return error_body(self.message, self.type, code=self.status)
+
+    def headers(self) -> dict[str, str]:
+        return retry_after_header(self.retry_after_s)
 
 
 class AttemptsExhausted(GatewayError):
@@ -142,9 +188,17 @@ class AttemptsExhausted(GatewayError):
         self.attempts = attempts
         timed_out = bool(attempts) and all(isinstance(err, UpstreamTimeout) for _, _, err in attempts)
         self.status = 504 if timed_out else 503
+        self.retry_after_s = max((e.retry_after_s for _, _, e in attempts if e.retry_after_s), default=None)
         if attempts:
-            tried = "; ".join(f"{model} at {backend}: {err.describe()}" for model, backend, err in attempts)
+            tried = "; ".join(f"{model}: {err.describe()}" for model, _, err in attempts)
             message = f"no backend could answer ({len(attempts)} attempts): {tried}"
         else:
             message = "no model of this route is available right now"
         super().__init__(message)
+
+    def headers(self) -> dict[str, str]:
+        return retry_after_header(self.retry_after_s)
+
+
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    return {"retry-after": str(max(1, round(seconds)))} if seconds else {}

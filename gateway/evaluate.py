@@ -17,7 +17,7 @@ from gateway.mirror import ShadowJob
 from gateway.policy.schema import MirrorSpec, PolicySpec
 from gateway.routing.planner import unit_hash
 from gateway.runtime import Gateway
-from gateway.transport import upstream_headers
+from gateway.transport import client_headers
 
 PROBE_DEFAULTS = MirrorSpec(to=["probe"])
 
@@ -26,7 +26,7 @@ def shadow_targets(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) ->
     """(model, reason, limits) for every shadow copy this request gets; never the model that answered it."""
     assert ctx.plan is not None
     targets: list[tuple[str, str, MirrorSpec]] = []
-    mirror = policy.route_for(ctx.cohort)[1].mirror
+    mirror = ctx.plan.route_spec.mirror
     if mirror is not None:
         targets += [(m, "mirror", mirror) for m in ctx.plan.mirror_to]
     for model, gate in gateway.recorder.gates.tripped_for(ctx.cohort):
@@ -53,7 +53,7 @@ def start_shadows(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> 
             reason=reason,
             endpoint=ctx.endpoint,
             body=ctx.body,
-            headers=upstream_headers(ctx),
+            headers=client_headers(ctx),
             max_inflight=spec.max_inflight,
             timeout_s=spec.timeout_s,
             primary=primary,

@@ -29,12 +29,14 @@ from gateway.evals.recorder import EvalRecorder
 from gateway.policy.schema import CaptureSpec
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing, end_attempt, request_attributes
-from gateway.transport import GATEWAY_ONLY_FIELDS, PATHS
+from gateway.transport import UpstreamRequest, build_request
 from gateway.upstream.client import Timeouts, UpstreamClient
 from gateway.upstream.pool import BackendRegistry
-from gateway.wire import dumps, loads
+from gateway.wire import loads
 
 log = logging.getLogger("gateway.mirror")
+
+MAX_SHADOW_ANSWER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -156,26 +158,24 @@ class ShadowDispatcher:
             self._count(job, "error")
             return None
         backend = replicas[0]
-        body = {k: v for k, v in job.body.items() if k not in GATEWAY_ONLY_FIELDS and k != "stream_options"}
-        body.update(model=backend.served_name, stream=False)
-        headers = {**job.headers, "content-type": "application/json", "x-gateway-shadow": "1"}
+        request = build_request(backend, job.endpoint, job.body, {**job.headers, "x-gateway-shadow": "1"}, stream=False)
         address = urlsplit(backend.url)
         span = self._tracing.shadow_span(
             job.primary_span,
             job.endpoint,
             job.model,
             {
-                **request_attributes(body),
+                **request_attributes(job.body),
                 "server.address": address.hostname,
                 "server.port": address.port,
                 "gateway.cohort": job.cohort,
                 "gateway.shadow.reason": job.reason,
             },
         )
-        Tracing.inject(span, headers)
+        Tracing.inject(span, request.headers)
         answer = None
         try:
-            answer = await self._post(job, backend.url, body, headers)
+            answer = await self._post(job, request)
         finally:
             if answer is None:  # failed, timed out or cancelled: the span says so
                 end_attempt(
@@ -199,16 +199,15 @@ class ShadowDispatcher:
         return finished
 
     async def _post(
-        self, job: ShadowJob, base_url: str, body: dict[str, Any], headers: dict[str, str]
+        self, job: ShadowJob, request: UpstreamRequest
     ) -> tuple[FinishedAnswer, dict[str, Any], str | None] | None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            async with asyncio.timeout(job.timeout_s):
-                url = base_url + PATHS[job.endpoint]
-                response = await self._client.post(url, dumps(body), headers, Timeouts(job.timeout_s, job.timeout_s))
-                status = response.status
-                raw = await response.read()
+            timeouts = Timeouts(job.timeout_s, job.timeout_s, total_s=job.timeout_s, pool_wait_s=job.timeout_s)
+            response = await self._client.post(request.url, request.body, request.headers, timeouts, request.settings)
+            status = response.status
+            raw = await response.read(MAX_SHADOW_ANSWER_BYTES)
         except (TimeoutError, UpstreamTimeout):
             self._count(job, "timeout")
             return None

@@ -1,7 +1,9 @@
 """The request path, top to bottom: classify → plan → dispatch (with fallback) → relay → evaluate → record.
 
 ``handle`` is the one entry point the API calls. It returns a :class:`ProxyResult` (a JSON body or a stream of SSE
-frames) and raises :class:`gateway.errors.GatewayError` for anything the client must hear about as an error.
+frames) and raises :class:`gateway.errors.GatewayError` for anything the client must hear about as an error. A
+request cancelled before its answer (the client went away) leaves no trace but its server span: every attempt it
+made has ended itself.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from gateway.context import RequestContext
 from gateway.dispatch import with_fallbacks
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.evaluate import finish, start_shadows
-from gateway.policy.schema import PolicySpec
 from gateway.record import record
 from gateway.relay import relay_stream
 from gateway.routing.features import RequestFeatures
@@ -38,6 +39,10 @@ class ProxyResult:
     done: Callable[[], None] = lambda: None
 
 
+CHARS_PER_TOKEN = 4
+"""For charging a stream that ended before its usage chunk: prompt tokens estimated from the prompt's length."""
+
+
 async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot) -> ProxyResult:
     """Serve one parsed request under ``snapshot`` (the policy the API read once for it)."""
     policy = snapshot.policy.spec
@@ -50,7 +55,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
         authorize(gateway, ctx)
         classify_and_plan(snapshot, ctx, gateway.model_filter)
         allow_cohort(ctx.client_key, ctx.cohort)
-        check_route_limits(policy, ctx)
+        check_route_limits(ctx)
         answer = await with_fallbacks(gateway, ctx, policy)
     except GatewayError as exc:
         ctx.status = exc.status
@@ -67,16 +72,29 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
 
     def done() -> None:
         gateway.metrics.inflight.dec()
-        if ctx.client_key is not None and ctx.usage is not None:
-            gateway.limiter.charge_tokens(ctx.client_key.name, ctx.client_key.spec.rate_limit, ctx.usage.total_tokens)
+        charge(gateway, ctx)
         finish(gateway, ctx, primary)
         record(gateway.metrics, ctx)
         close_server_span(ctx, ctx.status)
 
     if answer.events is None:
         return ProxyResult(body=answer.body, done=done)
-    deadline = ctx.started + policy.health.timeouts.total_s
-    return ProxyResult(stream=relay_stream(ctx, answer, done, deadline))
+    return ProxyResult(stream=relay_stream(ctx, answer, done))
+
+
+def charge(gateway: Gateway, ctx: RequestContext) -> None:
+    """Tokens against the key's ``tokens_per_min``: the answer's usage, or, for a stream that ended before its
+    usage chunk (a client that left early), an estimate from the prompt and the chunks relayed (about a token
+    each, as vLLM streams them)."""
+    key = ctx.client_key
+    if key is None or key.spec.rate_limit is None:
+        return
+    if ctx.usage is not None:
+        tokens = ctx.usage.total_tokens
+    else:
+        prompt = ctx.features.prompt_chars // CHARS_PER_TOKEN if ctx.features is not None else 0
+        tokens = prompt + ctx.relayed_chunks
+    gateway.limiter.charge_tokens(key.name, key.spec.rate_limit, tokens)
 
 
 def authorize(gateway: Gateway, ctx: RequestContext) -> None:
@@ -88,8 +106,9 @@ def authorize(gateway: Gateway, ctx: RequestContext) -> None:
     gateway.limiter.admit(key.name, key.spec.rate_limit)
 
 
-def check_route_limits(policy: PolicySpec, ctx: RequestContext) -> None:
-    limit = policy.route_for(ctx.cohort)[1].max_tokens
+def check_route_limits(ctx: RequestContext) -> None:
+    assert ctx.plan is not None
+    limit = ctx.plan.route_spec.max_tokens
     asked = ctx.body.get("max_completion_tokens", ctx.body.get("max_tokens"))
     if limit is not None and isinstance(asked, int) and asked > limit:
         raise InvalidRequest(f"max_tokens={asked} is over this route's limit of {limit}", param="max_tokens")

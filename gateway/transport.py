@@ -1,56 +1,64 @@
-"""One attempt at one backend: build the upstream body, send it, and turn the answer into an :class:`Answer`.
+"""One attempt at one backend: build the upstream request, send it, and check the answer before it is accepted.
 
-The body sent to vLLM is the client's with ``model`` rewritten to the backend's served name, gateway-only fields
-removed, and (for streams) usage requested so token counts are always known. A stream attempt waits for its first
-event before it counts as answered: until then a failure may still fall back.
+:func:`build_request` is the one place an upstream request is made, for primary attempts, mirror copies and gate
+probes alike: the client's body with ``model`` set to the backend's served name and gateway-only fields removed,
+usage asked for on streams (token counts are always known), and the backend's own key. :func:`single_attempt`
+accepts an answer only when it is what the endpoint promises: a JSON object with ``choices``, or an event stream
+whose first event is one. Anything else is a 502-class :class:`UpstreamError` raised before the client saw a
+byte, so the request may still fall back.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import Span
-
-from gateway.context import AttemptRecord, RequestContext, Usage
-from gateway.errors import UpstreamError, UpstreamStatus
+from gateway.attempt import Attempt
+from gateway.context import RequestContext, Usage
+from gateway.errors import UpstreamBadAnswer, UpstreamError, UpstreamStatus
 from gateway.telemetry.tracing import Tracing
-from gateway.upstream.client import Timeouts, UpstreamClient, UpstreamResponse
+from gateway.upstream.client import ConnectionSettings, Timeouts, UpstreamClient, UpstreamResponse
 from gateway.upstream.pool import Backend
 from gateway.wire import dumps, loads
 
 GATEWAY_ONLY_FIELDS = ("metadata",)
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+MAX_RETRY_AFTER_S = 300.0
+MAX_ERROR_BYTES = 1024 * 1024
 
 
-@dataclass
-class Answer:
-    """A backend's accepted answer: a whole JSON body, or a stream whose first event already arrived."""
-
-    model: str
-    backend: Backend
-    span: Span
-    body: bytes | None = None
-    first_event: bytes | None = None
-    events: AsyncIterator[bytes] | None = None
-    response: UpstreamResponse | None = None
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    settings: ConnectionSettings
 
 
-def upstream_body(ctx: RequestContext, served_name: str) -> bytes:
-    body = {k: v for k, v in ctx.body.items() if k not in GATEWAY_ONLY_FIELDS}
-    body["model"] = served_name
-    if ctx.stream:
-        options = dict(body.get("stream_options") or {})
-        options["include_usage"] = True
-        body["stream_options"] = options
-    return dumps(body)
+def build_request(
+    backend: Backend, endpoint: str, body: Mapping[str, Any], headers: Mapping[str, str], *, stream: bool
+) -> UpstreamRequest:
+    """The request ``backend`` gets for ``body``; ``headers`` are what the client may pass on (never its key)."""
+    payload = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
+    payload["model"] = backend.served_name
+    if stream:
+        options = payload.get("stream_options")
+        payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    else:
+        payload.pop("stream_options", None)  # vLLM refuses stream_options without stream
+        if payload.get("stream"):
+            payload["stream"] = False
+    request_headers = {"content-type": "application/json", **headers}
+    if backend.authorization is not None:
+        request_headers["authorization"] = backend.authorization
+    return UpstreamRequest(backend.url + PATHS[endpoint], dumps(payload), request_headers, backend.connection)
 
 
-def upstream_headers(ctx: RequestContext) -> dict[str, str]:
-    """Headers for vLLM: only what the policy allows; never the client's ``Authorization``."""
-    headers = {"content-type": "application/json", "x-request-id": ctx.request_id}
+def client_headers(ctx: RequestContext) -> dict[str, str]:
+    """The client's headers a backend may see: the request id, trace context and what the policy forwards."""
+    headers = {"x-request-id": ctx.request_id}
     for name in ("traceparent", "tracestate", *ctx.forward_headers):  # an attempt span overrides the trace ones
         value = ctx.headers.get(name)
         if value is not None:
@@ -58,68 +66,114 @@ def upstream_headers(ctx: RequestContext) -> dict[str, str]:
     return headers
 
 
-def rewrite_json_answer(ctx: RequestContext, raw: bytes, model: str) -> bytes:
-    """Name the registry model in ``model`` and note usage and finish reasons; malformed bodies pass as is."""
+@dataclass(slots=True)
+class Answer:
+    """A backend's accepted answer: a whole JSON body, or a stream whose first event already arrived.
+
+    ``attempt`` is still open for a stream: whoever finishes relaying it calls :meth:`finish`, exactly once.
+    """
+
+    model: str
+    attempt: Attempt
+    body: bytes | None = None
+    first_event: bytes | None = None
+    events: AsyncIterator[bytes] | None = None
+    response: UpstreamResponse | None = None
+
+    def finish(self, error: UpstreamError | None = None, *, cancelled: bool = False) -> None:
+        if self.response is not None:
+            self.response.close()
+        self.attempt.finish(error, cancelled=cancelled)
+
+
+def parse_json_answer(ctx: RequestContext, raw: bytes, model: str) -> bytes:
+    """The answer for the client (``model`` named as the registry does); usage and finish reasons noted."""
     try:
         parsed: Any = loads(raw)
     except ValueError:
-        return raw
-    if not isinstance(parsed, dict):
-        return raw
+        raise UpstreamBadAnswer("the backend's answer is not JSON") from None
+    if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
+        raise UpstreamBadAnswer("the backend's answer has no list of choices")
     ctx.upstream_model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
     parsed["model"] = model
     ctx.answer_json = parsed
     note_usage(ctx, parsed.get("usage"))
-    for choice in parsed.get("choices") or ():
-        if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-            ctx.finish_reasons.append(choice["finish_reason"])
+    note_finish_reasons(ctx, parsed["choices"])
     return dumps(parsed)
 
 
+def parse_chunk(payload: bytes) -> dict[str, Any]:
+    """One streamed chunk; a chunk that is not an object with a list of ``choices`` breaks the stream."""
+    try:
+        chunk: Any = loads(payload)
+    except ValueError:
+        raise UpstreamBadAnswer("the backend sent a stream event that is not JSON") from None
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
+        raise UpstreamBadAnswer("the backend sent a stream event that is not a completion chunk")
+    return chunk
+
+
 def note_usage(ctx: RequestContext, usage: Any) -> None:
+    """Token counts from ``usage``; values of the wrong type count as unknown (0), never as an error."""
     if isinstance(usage, dict):
-        ctx.usage = Usage(
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-        )
+        ctx.usage = Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def note_finish_reasons(ctx: RequestContext, choices: list[Any]) -> None:
+    for choice in choices:
+        if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
+            ctx.finish_reasons.append(choice["finish_reason"])
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
 
 
 async def single_attempt(
-    ctx: RequestContext,
-    client: UpstreamClient,
-    backend: Backend,
-    timeouts: Timeouts,
-    record: AttemptRecord,
-    span: Span,
+    ctx: RequestContext, client: UpstreamClient, attempt: Attempt, timeouts: Timeouts, max_answer_bytes: int
 ) -> Answer:
-    url = backend.url + PATHS[ctx.endpoint]
-    headers = upstream_headers(ctx)
-    if backend.authorization is not None:
-        headers["authorization"] = backend.authorization
-    Tracing.inject(span, headers)
+    """Send the request to ``attempt.backend`` and wait for an acceptable answer (or its first event)."""
+    backend = attempt.backend
+    request = build_request(backend, ctx.endpoint, ctx.body, client_headers(ctx), stream=ctx.stream)
+    Tracing.inject(attempt.span, request.headers)
     started = time.perf_counter()
     try:
-        response = await client.post(url, upstream_body(ctx, backend.served_name), headers, timeouts)
-        record.status = response.status
+        response = await client.post(request.url, request.body, request.headers, timeouts, request.settings)
+        attempt.record.status = response.status
         if response.status != 200:
-            raise UpstreamStatus(response.status, await response.read())
+            retry_after = _retry_after(response)
+            raw = await response.read(min(max_answer_bytes, MAX_ERROR_BYTES))
+            if response.status < 400:  # 204, 304, a redirect: not an answer a JSON endpoint gives
+                raise UpstreamBadAnswer(f"the backend answered {response.status} without a completion")
+            raise UpstreamStatus(response.status, raw, retry_after)
         if not ctx.stream:
-            raw = await response.read()
-            return Answer(backend.model, backend, span, body=rewrite_json_answer(ctx, raw, backend.model))
-        events = response.events()
+            raw = await response.read(max_answer_bytes)
+            return Answer(backend.model, attempt, body=parse_json_answer(ctx, raw, backend.model))
+        events = response.events(max_answer_bytes)
         try:
             first = await anext(events)
+            if first == b"[DONE]":
+                raise UpstreamBadAnswer("the backend ended the stream before its first chunk")
+            parse_chunk(first)
         except StopAsyncIteration:
             response.close()
-            raise UpstreamStatus(502, b"the backend closed the stream before its first event") from None
+            raise UpstreamBadAnswer("the backend closed the stream before its first event") from None
         except BaseException:
             response.close()
             raise
-        return Answer(backend.model, backend, span, first_event=first, events=events, response=response)
+        return Answer(backend.model, attempt, first_event=first, events=events, response=response)
     except UpstreamError as exc:
         exc.backend = exc.backend or backend.url
         raise
     finally:
         elapsed = time.perf_counter() - started
-        record.upstream_s += elapsed
+        attempt.record.upstream_s += elapsed
         ctx.upstream_s += elapsed
+
+
+def _retry_after(response: UpstreamResponse) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds (an HTTP date is rare from vLLM and ignored)."""
+    value = response.headers.get("retry-after")
+    if value is None or not value.strip().isdigit():
+        return None
+    return min(float(value.strip()), MAX_RETRY_AFTER_S)

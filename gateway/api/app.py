@@ -15,8 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api import admin_routes, feedback_routes, openai_routes, ops_routes
-from gateway.api.fastpath import GatewayApp, internal_error_response, proxied_error_response
-from gateway.api.openai_routes import ProxiedError
+from gateway.api.fastpath import GatewayApp, internal_error_response
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
 from gateway.wire import error_body
@@ -60,15 +59,9 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ProxiedError, _proxied_error)
     app.add_exception_handler(GatewayError, _gateway_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-
-
-async def _proxied_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ProxiedError)
-    return proxied_error_response(exc)
 
 
 async def _gateway_error(request: Request, exc: Exception) -> Response:

@@ -1,4 +1,4 @@
-"""The routing policy, as strict typed models (DESIGN.md section 4).
+"""The routing policy, as strict typed models (routing_policies/README.md; docs/architecture.md).
 
 Phase one of loading: shapes and ranges. Unknown keys are rejected (``extra="forbid"``) so a typo never passes
 silently, and every model is frozen because a loaded policy is an immutable snapshot. Cross-references between

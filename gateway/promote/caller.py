@@ -21,6 +21,8 @@ from gateway.promote.backends import Endpoint
 from gateway.upstream.client import Timeouts, UpstreamClient
 from gateway.wire import dumps, loads
 
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -101,13 +103,13 @@ class ChatCaller:
         started = self._clock()
         response = await self._client.post(url, payload, headers, self._timeouts)
         if response.status != 200:
-            raise UpstreamStatus(response.status, await response.read())
+            raise UpstreamStatus(response.status, await response.read(MAX_ANSWER_BYTES))
         assembler = StreamAssembler()
         ttft_s: float | None = None
         prompt_tokens: int | None = None
         done = False
         try:
-            async for data in response.events():
+            async for data in response.events(MAX_ANSWER_BYTES):
                 if data == b"[DONE]":
                     done = True
                     break

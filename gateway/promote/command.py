@@ -158,7 +158,7 @@ async def collect(plan: Plan) -> list[Trial]:
     spec = plan.policy.spec
     models = [plan.candidate, *plan.baselines]
     sims = SimBackends(plan.sim_profile)
-    client = UpstreamClient(max_connections=max(plan.concurrency * 2, 16))
+    client = UpstreamClient()
     await client.start()
     try:
         await sims.start(spec, [*models, *([plan.judge] if plan.judge else [])])

@@ -51,6 +51,7 @@ class Skipped:
 class Plan:
     cohort: str
     route: str
+    route_spec: RouteSpec  # the route, looked up once per request
     primary: str  # the model the route chose, before live state skipped any
     attempts: tuple[str, ...]
     skipped: tuple[Skipped, ...] = ()
@@ -133,6 +134,7 @@ class Planner:
         return Plan(
             cohort=cohort,
             route=route_name,
+            route_spec=route.spec,
             primary=ordered[0],
             attempts=tuple(attempts),
             skipped=tuple(skipped),

@@ -1,4 +1,4 @@
-"""GatewayMetrics: the Prometheus series operators alert on (DESIGN.md section 5), prefix ``llm_gateway_``.
+"""GatewayMetrics: the Prometheus series operators alert on (docs/architecture.md, telemetry), prefix ``llm_gateway_``.
 
 Every label value comes from the policy (model, cohort, route, backend label) or a fixed set (reason, status
 class), never from request text, so cardinality stays bounded. Each instance owns its registry: tests and several

@@ -1,120 +1,170 @@
-"""UpstreamClient: the gateway's HTTP/1.1 client for vLLM backends, on asyncio protocols and httptools.
+"""UpstreamClient: the gateway's HTTP client for vLLM backends, on aiohttp's client.
 
-The gateway needs a narrow slice of HTTP from its backends: a POST (or a small GET) with a known length, keep-alive
-connections reused across requests, the status, and the body whole or as server-sent events as they arrive. A
-general client pays for much more on every request: aiohttp's, the fastest of the general ones measured (about
-10x httpx's throughput), still took about 28 % of the gateway's CPU per proxied request in a py-spy profile. This
-one speaks exactly that slice with httptools, the C parser uvicorn uses, on one pool of keep-alive connections per
-backend, and maps every failure to the :mod:`gateway.errors` taxonomy here and nowhere else.
+A proxy's core job is moving HTTP correctly: interim ``1xx`` answers, bodies that overrun their length, chunked
+framing, compression, TLS and pooling are what a maintained client library has met and fixed for a decade, so
+this module only narrows aiohttp's client to what the gateway needs (a POST, or a small GET, then the status and
+the body whole or as server-sent events) and maps every library failure onto :mod:`gateway.errors`, here and
+nowhere else::
+
+    aiohttp                                   gateway.errors            may go to another backend
+    ClientConnectorError (refused, DNS, TLS)  UpstreamConnectError      yes: the request never left
+    ConnectionTimeoutError (connect, pool)    UpstreamTimeout           yes: the request never left
+    ServerTimeoutError, TimeoutError          UpstreamTimeout           yes (first_byte_s / total_s)
+    "Can not write request body"              UpstreamConnectError      yes: the backend did not read it all
+    ServerDisconnectedError, other errors     UpstreamDisconnected      no: it may have the request already
+
+Connections are pooled per replica (``max_connections``, with a bounded wait for a free one) in one aiohttp
+session per TLS setting. A connection is reused only after an answer whose body was read to its clean end; an
+answer abandoned midway, or with bytes after its end, closes its connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlsplit
 
-from gateway.errors import UpstreamConnectError, UpstreamError, UpstreamTimeout
-from gateway.upstream.http1 import Connection, Origin
+import aiohttp
+from multidict import CIMultiDictProxy
+from yarl import URL
 
-KEEPALIVE_S = 30.0
-"""Idle connections older than this are not reused (vLLM's uvicorn closes them after 5 s; that race is retried)."""
+from gateway.errors import (
+    UpstreamAnswerTooLarge,
+    UpstreamConnectError,
+    UpstreamDisconnected,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.policy.schema import TlsSpec
+from gateway.upstream.sse import SseDecoder
+
+KEEPALIVE_S = 4.0
+"""Idle connections are closed after this, just under the 5 s after which vLLM's uvicorn closes them itself: a POST
+is never sent on a connection the backend is about to drop (aiohttp, rightly, does not resend a POST)."""
+
+DRAIN_S = 1.0
+"""After a stream's ``[DONE]``, how long the end of its framing may take before the connection is dropped instead
+of being reused."""
+
+
+@dataclass(frozen=True)
+class ConnectionSettings:
+    """How connections to a replica are made and pooled (from its model's policy entry)."""
+
+    tls: TlsSpec | None = None
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Seconds. ``first_byte_s`` bounds the wait for the answer's headers and then for each chunk of a stream."""
+    """Seconds. ``first_byte_s`` bounds the wait for the answer's headers and then for each chunk; ``total_s`` is a
+    hard deadline for the whole exchange, body included; ``pool_wait_s`` the wait for a free pooled connection."""
 
     connect_s: float
     first_byte_s: float
+    total_s: float | None = None
+    pool_wait_s: float = 1.0
+
+    def for_aiohttp(self) -> aiohttp.ClientTimeout:
+        # aiohttp's ``connect`` covers the wait for a pooled connection plus a new connection's handshake.
+        return aiohttp.ClientTimeout(
+            total=self.total_s,
+            connect=self.pool_wait_s + self.connect_s,
+            sock_connect=self.connect_s,
+            sock_read=self.first_byte_s,
+        )
+
+
+DEFAULT_SETTINGS = ConnectionSettings()
 
 
 class UpstreamResponse:
-    """An answer whose headers arrived; the body is read whole (``read``) or as SSE payloads (``events``)."""
+    """An answer whose headers arrived; its body is read whole (:meth:`read`) or as SSE payloads (:meth:`events`).
 
-    __slots__ = ("_client", "_conn", "_done", "_read_timeout_s", "_saw_done", "status", "url")
+    :meth:`close` must be called once the caller is done (it is idempotent): it frees the connection for reuse
+    when the body was read to its end, and drops it otherwise.
+    """
 
-    def __init__(self, conn: Connection, client: UpstreamClient, url: str, read_timeout_s: float) -> None:
-        self._conn = conn
+    __slots__ = ("_client", "_closed", "_response", "_saw_done", "status", "url")
+
+    def __init__(self, response: aiohttp.ClientResponse, client: UpstreamClient, url: str) -> None:
+        self._response = response
         self._client = client
         self.url = url
-        self.status = conn.status
-        self._read_timeout_s = read_timeout_s
-        self._done = False
+        self.status = response.status
+        self._closed = False
         self._saw_done = False
 
-    async def read(self) -> bytes:
-        conn = self._conn
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self._response.headers
+
+    async def read(self, limit: int) -> bytes:
+        """The whole body, at most ``limit`` bytes (decoded if the backend compressed it)."""
+        response = self._response
         try:
-            while not conn.complete:
-                await conn.wait_data(self._read_timeout_s)
-            return conn.take_body()
-        except UpstreamError as exc:
-            exc.backend = self.url
-            raise
+            declared = response.content_length
+            if declared is not None and declared > limit and not response.headers.get("content-encoding"):
+                raise UpstreamAnswerTooLarge(f"the backend's answer is {declared} bytes; the limit is {limit}")
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                chunk = await response.content.readany()
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise UpstreamAnswerTooLarge(f"the backend's answer is over the limit of {limit} bytes")
+                chunks.append(chunk)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except BaseException as exc:
+            raise self._client.translate(exc, self.url, sent=True) from None
         finally:
             self.close()
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """The ``data:`` payloads of a server-sent-event stream, ``b"[DONE]"`` included."""
-        conn = self._conn
-        pending = b""
+    async def events(self, max_event_bytes: int) -> AsyncIterator[bytes]:
+        """The data of each server-sent event (``b"[DONE]"`` included), as the events complete."""
+        decoder = SseDecoder(max_event_bytes)
+        content = self._response.content
         try:
             while True:
-                chunk = conn.take_body()
-                if chunk:
-                    pending += chunk
-                    start = 0
-                    end = pending.find(b"\n")
-                    while end >= 0:
-                        if pending.startswith(b"data:", start):
-                            payload = pending[start + 5 : end].strip()
-                            self._saw_done = payload == b"[DONE]"
-                            yield payload
-                        start = end + 1
-                        end = pending.find(b"\n", start)
-                    pending = pending[start:]
-                elif conn.complete:
-                    if pending.startswith(b"data:"):
-                        yield pending[5:].strip()
+                chunk = await content.readany()
+                if not chunk:
+                    for data in decoder.end():
+                        yield data
                     return
-                else:
-                    await conn.wait_data(self._read_timeout_s)
-        except UpstreamError as exc:
-            exc.backend = self.url
+                for data in decoder.feed(chunk):
+                    if data == b"[DONE]":
+                        self._saw_done = True
+                    yield data
+        except UpstreamError:
             raise
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise self._client.translate(exc, self.url, sent=True) from None
 
     def close(self) -> None:
-        """Done with the answer: a finished one frees its connection for reuse, an unfinished one drops it (for a
-        stream still running, vLLM sees the disconnect and stops generating)."""
-        if self._done:
+        """Done with the answer: a finished one frees its connection, an unfinished one drops it (for a stream
+        still running, vLLM sees the disconnect and stops generating)."""
+        if self._closed:
             return
-        self._done = True
-        conn, client = self._conn, self._client
-        if conn.complete and conn.keep_alive and not conn.closed:
-            client._release(conn)
-        elif self._saw_done and conn.keep_alive and not conn.closed:
-            conn.finish_then(lambda: client._release(conn), lambda: client._discard(conn), grace_s=1.0)
+        self._closed = True
+        response = self._response
+        if response.content.at_eof() or response.connection is None:
+            response.release()
+        elif self._saw_done:
+            self._client.drain(response)
         else:
-            client._discard(conn)
+            response.close()
 
 
 class UpstreamClient:
-    """One pool of keep-alive connections per backend origin, shared by every request."""
+    """One aiohttp session (and connection pool) per connection setting, shared by every request."""
 
-    def __init__(self, *, max_connections: int = 4096, max_idle_per_origin: int = 512) -> None:
-        self._max_connections = max_connections
-        self._max_idle = max_idle_per_origin
-        self._idle: dict[Origin, list[Connection]] = {}
-        self._open_connections: set[Connection] = set()
-        self._origins: dict[str, tuple[Origin, str]] = {}
-        self._open = 0
-        self._slot_waiters: list[asyncio.Future[None]] = []
-        self._ssl: ssl.SSLContext | None = None
+    def __init__(self) -> None:
+        self._sessions: dict[ConnectionSettings, aiohttp.ClientSession] = {}
+        self._urls: dict[str, URL] = {}
+        self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
         self._started = False
 
     async def start(self) -> None:
@@ -122,141 +172,157 @@ class UpstreamClient:
 
     async def close(self) -> None:
         """Close every connection, in use or idle (an answer still being read fails as a closed connection)."""
-        for conn in list(self._open_connections):
-            self._discard(conn)
-        self._idle.clear()
         self._started = False
+        for task, response in list(self._drains.items()):
+            task.cancel()
+            response.close()
+        sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            await session.close()
 
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeouts: Timeouts) -> UpstreamResponse:
-        return await self.request("POST", url, body, headers, timeouts)
+    async def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        settings: ConnectionSettings = DEFAULT_SETTINGS,
+    ) -> UpstreamResponse:
+        return await self._request("POST", url, body, headers, timeouts, settings)
 
-    async def get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
+    async def get(
+        self,
+        url: str,
+        timeout_s: float,
+        headers: Mapping[str, str] | None = None,
+        settings: ConnectionSettings = DEFAULT_SETTINGS,
+        limit: int = 4 * 1024 * 1024,
+    ) -> tuple[int, bytes]:
         """A small GET (health checks, ``/metrics`` scrapes): status and body, errors mapped."""
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self.request("GET", url, None, {}, Timeouts(timeout_s, timeout_s))
-                return response.status, await response.read()
-        except TimeoutError:
-            err = UpstreamTimeout("timed out waiting for the backend")
-            err.backend = url
-            raise err from None
+        timeouts = Timeouts(timeout_s, timeout_s, total_s=timeout_s, pool_wait_s=timeout_s)
+        response = await self._request("GET", url, None, headers or {}, timeouts, settings)
+        return response.status, await response.read(limit)
 
-    async def request(
-        self, method: str, url: str, body: bytes | None, headers: Mapping[str, str], timeouts: Timeouts
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        settings: ConnectionSettings,
     ) -> UpstreamResponse:
         if not self._started:
             raise RuntimeError("UpstreamClient.start() was not awaited")
-        origin, path = self._split(url)
-        head = _head(method, path, origin, body, headers)
-        for attempt in (1, 2):
-            conn = await self._acquire(origin, timeouts.connect_s, url)
-            reused = conn.requests > 0
-            try:
-                await conn.send(head, body, timeouts.first_byte_s)
-            except UpstreamConnectError as exc:
-                self._discard(conn)
-                if reused and attempt == 1 and not conn.received:
-                    continue  # a keep-alive connection the backend had just closed: the request never arrived
-                exc.backend = url
-                raise
-            except BaseException as exc:
-                self._discard(conn)
-                if isinstance(exc, UpstreamError):
-                    exc.backend = url
-                raise
-            return UpstreamResponse(conn, self, url, timeouts.first_byte_s)
-        raise AssertionError("unreachable")
-
-    def _split(self, url: str) -> tuple[Origin, str]:
-        cached = self._origins.get(url)
-        if cached is None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                err = UpstreamConnectError(f"unsupported backend URL {url!r}")
-                err.backend = url
-                raise err
-            tls = parts.scheme == "https"
-            port = parts.port or (443 if tls else 80)
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            cached = self._origins[url] = (Origin(parts.hostname, port, tls, parts.netloc), path)
-            if len(self._origins) > 4096:
-                self._origins.clear()
-        return cached
-
-    async def _acquire(self, origin: Origin, connect_s: float, url: str) -> Connection:
-        idle = self._idle.get(origin)
-        if idle:
-            now = time.monotonic()
-            while idle:
-                conn = idle.pop()
-                if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
-                    return conn
-                self._drop(conn)
-        while self._open >= self._max_connections:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            await waiter
-        self._open += 1
         try:
-            return await self._connect(origin, connect_s)
-        except BaseException:
-            self._freed()
-            raise
+            session = self._sessions.get(settings) or self._session(settings)
+            response = await session.request(
+                method, self._url(url), data=body, headers=headers, timeout=timeouts.for_aiohttp()
+            )
+        except BaseException as exc:
+            raise self.translate(exc, url, sent=False) from None
+        return UpstreamResponse(response, self, url)
 
-    async def _connect(self, origin: Origin, connect_s: float) -> Connection:
-        loop = asyncio.get_running_loop()
-        tls: Any = None
-        if origin.tls:
-            tls = self._ssl = self._ssl or ssl.create_default_context()
-        try:
-            async with asyncio.timeout(connect_s):
-                hostname = origin.host if tls else None
-                _, conn = await loop.create_connection(
-                    lambda: Connection(origin), origin.host, origin.port, ssl=tls, server_hostname=hostname
-                )
-        except TimeoutError:
-            raise UpstreamTimeout("timed out connecting to the backend") from None
-        except OSError as exc:
-            raise UpstreamConnectError(f"cannot connect: {exc.strerror or exc}") from None
-        self._open_connections.add(conn)
-        return conn
+    def translate(self, exc: BaseException, url: str, *, sent: bool) -> BaseException:
+        """The gateway error for a library failure; ``sent``: the request was certainly written (an answer had
+        begun). Anything not from the library (a cancellation, say) is returned as it is, to be re-raised."""
+        error: UpstreamError
+        if isinstance(exc, UpstreamError):
+            error = exc
+        elif isinstance(exc, ssl.SSLError | FileNotFoundError):
+            error = UpstreamConnectError(f"the model's TLS files cannot be used: {type(exc).__name__}")
+        elif isinstance(exc, aiohttp.ConnectionTimeoutError):
+            error = UpstreamTimeout("timed out connecting to the backend or waiting for a free connection to it")
+        elif isinstance(exc, TimeoutError):
+            error = UpstreamTimeout("timed out waiting for the backend")
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            error = UpstreamConnectError(f"cannot connect to the backend: {_reason(exc)}")
+        elif isinstance(exc, aiohttp.ClientOSError) and not sent and "write request body" in str(exc):
+            error = UpstreamConnectError("the backend closed the connection before it read the whole request")
+        elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError) and sent:
+            error = UpstreamDisconnected(f"the backend's answer was cut or malformed: {type(exc).__name__}")
+        elif isinstance(exc, aiohttp.ClientResponseError):
+            error = UpstreamDisconnected(f"the backend sent a malformed answer: {exc.message}")
+        elif isinstance(exc, aiohttp.ClientError | ValueError):
+            error = UpstreamDisconnected(f"the backend closed the connection: {type(exc).__name__}")
+        else:
+            return exc
+        error.backend = error.backend or url
+        return error
 
-    def _release(self, conn: Connection) -> None:
-        idle = self._idle.setdefault(conn.origin, [])
-        if conn.closed or len(idle) >= self._max_idle or not self._started:
-            self._discard(conn)
-            return
-        conn.idle_since = time.monotonic()
-        idle.append(conn)
+    def drain(self, response: aiohttp.ClientResponse) -> None:
+        """Read the last framing bytes of a stream that sent ``[DONE]`` in the background, so its connection is
+        reused; any data there (bytes after the answer's end) or a slow end drops the connection instead."""
+        task = asyncio.get_running_loop().create_task(_drain(response))
+        self._drains[task] = response
+        task.add_done_callback(self._drains.pop)
 
-    def _discard(self, conn: Connection) -> None:
-        conn.close()
-        self._drop(conn)
+    def _session(self, settings: ConnectionSettings) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=settings.max_connections,
+            keepalive_timeout=KEEPALIVE_S,
+            ssl=_ssl_context(settings.tls),
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(),
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            headers={"accept-encoding": "identity"},
+        )
+        self._sessions[settings] = session
+        return session
 
-    def _drop(self, conn: Connection) -> None:
-        if not conn.counted:
-            return
-        conn.counted = False
-        conn.close()
-        self._open_connections.discard(conn)
-        self._freed()
-
-    def _freed(self) -> None:
-        self._open -= 1
-        while self._slot_waiters:
-            waiter = self._slot_waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+    def _url(self, url: str) -> URL:
+        parsed = self._urls.get(url)
+        if parsed is None:
+            if len(self._urls) > 4096:
+                self._urls.clear()
+            parsed = self._urls[url] = URL(url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise UpstreamConnectError("unsupported backend URL")
+        return parsed
 
 
-def _head(method: str, path: str, origin: Origin, body: bytes | None, headers: Mapping[str, str]) -> bytes:
-    lines = [f"{method} {path} HTTP/1.1", f"host: {origin.netloc}"]
-    if body is not None:
-        lines.append(f"content-length: {len(body)}")
-    for name, value in headers.items():
-        if "\n" in value or "\r" in value:
-            raise UpstreamConnectError(f"header {name!r} has a line break")
-        lines.append(f"{name}: {value}")
-    lines.append("\r\n")
-    return "\r\n".join(lines).encode("latin-1", "replace")
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while True:
+                data = await response.content.readany()
+                if data:
+                    response.close()
+                    return
+                if response.content.at_eof():
+                    response.release()
+                    return
+    except (TimeoutError, aiohttp.ClientError):
+        response.close()
+    except asyncio.CancelledError:
+        response.close()
+        raise
+
+
+def _ssl_context(tls: TlsSpec | None) -> ssl.SSLContext | bool:
+    """TLS for ``https://`` backends: the system's CAs and host-name checks unless the policy says otherwise."""
+    if tls is None:
+        return True
+    if not tls.verify:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def _reason(exc: aiohttp.ClientConnectorError) -> str:
+    """Why a connection failed, without the backend's address (that goes to logs and spans, not to clients)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate was not accepted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "TLS handshake failed"
+    inner = exc.os_error
+    return (inner.strerror or type(inner).__name__).lower() if inner is not None else "connection failed"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from gateway.errors import UpstreamError
 from gateway.policy.schema import HealthSpec
-from gateway.upstream.client import UpstreamClient
+from gateway.upstream.client import ConnectionSettings, UpstreamClient
 from gateway.upstream.pool import Backend, BackendRegistry
 
 log = logging.getLogger("gateway.health")
@@ -98,15 +98,21 @@ class HealthChecker:
 
     async def _probe(self, backend: Backend, timeout_s: float) -> tuple[bool, str]:
         try:
-            status, _ = await self._client.get(backend.url + "/health", timeout_s)
+            status, _ = await self._client.get(backend.url + "/health", timeout_s, *_auth(backend))
         except UpstreamError as exc:
             return False, exc.message
         return (True, "") if status == 200 else (False, f"/health answered {status}")
 
     async def _scrape(self, backend: Backend, timeout_s: float) -> None:
         try:
-            status, body = await self._client.get(backend.url + "/metrics", timeout_s)
+            status, body = await self._client.get(backend.url + "/metrics", timeout_s, *_auth(backend))
         except UpstreamError:
             return
         if status == 200:
             backend.waiting, backend.running = parse_vllm_load(body)
+
+
+def _auth(backend: Backend) -> tuple[dict[str, str], ConnectionSettings]:
+    """The backend's own key (a vLLM started with ``--api-key`` guards ``/metrics`` too) and its TLS settings."""
+    headers = {"authorization": backend.authorization} if backend.authorization is not None else {}
+    return headers, backend.connection

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from gateway.policy.schema import BreakerSpec, PolicySpec
 from gateway.upstream.breaker import CircuitBreaker
+from gateway.upstream.client import ConnectionSettings
 
 log = logging.getLogger("gateway.pool")
 
@@ -36,6 +37,7 @@ class Backend:
     served_name: str
     breaker: CircuitBreaker
     authorization: str | None = None  # "Bearer <the backend's own key>" from the model's api_key
+    connection: ConnectionSettings = field(default_factory=ConnectionSettings)
     inflight: int = 0
     healthy: bool = True
     drained: bool = False
@@ -45,6 +47,11 @@ class Backend:
     check_passes: int = 0
     last_check_error: str = ""
     last_check_at: float = field(default=0.0)
+    cooldown_until: float = 0.0  # time.monotonic() before which the backend asked not to be sent requests
+
+    def cool_down(self, seconds: float) -> None:
+        """Honour a backend's ``Retry-After``: out of rotation for ``seconds``, at most the breaker's ``open_s``."""
+        self.cooldown_until = time.monotonic() + min(seconds, self.breaker.spec.open_s)
 
     @property
     def label(self) -> str:
@@ -52,7 +59,12 @@ class Backend:
 
     @property
     def available(self) -> bool:
-        return self.healthy and not self.drained and self.breaker.available()
+        return (
+            self.healthy
+            and not self.drained
+            and self.breaker.available()
+            and (not self.cooldown_until or time.monotonic() >= self.cooldown_until)
+        )
 
     def load(self, use_scraped: bool) -> float:
         return self.inflight + (self.waiting if use_scraped else 0.0)
@@ -152,17 +164,19 @@ class BackendRegistry:
         for name, spec in policy.models.items():
             served = spec.served_name or name
             authorization = _backend_key(name, spec.api_key)
+            connection = ConnectionSettings(spec.tls, spec.max_connections)
             backends = []
             for i, raw_url in enumerate(spec.backends):
                 url = resolve(raw_url).rstrip("/")
                 kept = old.get((name, url))
                 if kept is not None:
                     kept.index, kept.served_name, kept.authorization = i, served, authorization
+                    kept.connection = connection
                     kept.breaker.spec = policy.health.breaker
                     backends.append(kept)
                 else:
                     breaker = _breaker(policy.health.breaker, clock)
-                    backends.append(Backend(name, i, url, served, breaker, authorization))
+                    backends.append(Backend(name, i, url, served, breaker, authorization, connection))
             pools[name] = BackendPool(name, backends, scrape_load=policy.health.scrape_load)
         return cls(pools)
 
