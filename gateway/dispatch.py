@@ -17,7 +17,14 @@ import time
 
 from gateway.attempt import Attempt
 from gateway.context import RequestContext
-from gateway.errors import AttemptsExhausted, NoBackendAvailable, UpstreamError, UpstreamStatus, UpstreamTimeout
+from gateway.errors import (
+    AttemptsExhausted,
+    GatewayError,
+    NoBackendAvailable,
+    UpstreamError,
+    UpstreamStatus,
+    UpstreamTimeout,
+)
 from gateway.policy.schema import PolicySpec, RouteSpec
 from gateway.routing.features import RequestFeatures
 from gateway.runtime import Gateway
@@ -90,7 +97,7 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
             if remaining <= 0:
                 failures.append((model, backend.url, UpstreamTimeout(f"total deadline of {timeouts.total_s:g}s")))
                 ctx.note_fallback("timeout", model)
-                raise AttemptsExhausted(failures)
+                raise exhausted(gateway, ctx, failures)
             if not backend.breaker.acquire():
                 continue
             tried += 1
@@ -126,7 +133,18 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
                 failures.append((model, "-", err))
             if failures and failures[-1][0] == model:
                 ctx.note_fallback(failures[-1][2].fallback_reason, model)
-    raise AttemptsExhausted(failures)
+    raise exhausted(gateway, ctx, failures)
+
+
+def exhausted(gateway: Gateway, ctx: RequestContext, failures: list[tuple[str, str, UpstreamError]]) -> GatewayError:
+    """The error for a walk that found no answer; it tells the client when to retry if backends asked for a pause
+    (``Retry-After``), including those the planner skipped because they are still pausing."""
+    assert ctx.plan is not None
+    error = AttemptsExhausted(failures)
+    if error.retry_after_s is None:
+        models = (*ctx.plan.attempts, *(s.model for s in ctx.plan.skipped))
+        error.retry_after_s = gateway.registry.retry_after_s(models)
+    return error
 
 
 async def _attempt(

@@ -9,7 +9,8 @@ GatewayError                      status  retryable (a fallback may follow)
 ├── PayloadTooLarge               413     no
 ├── UpstreamError                          (raised by the transport, one per failed attempt)
 │   ├── UpstreamConnectError      502     yes   refused, DNS, TLS: the request never reached the backend
-│   ├── UpstreamTimeout           504     yes   connect_s / pool_wait_s / first_byte_s / total_s
+│   ├── UpstreamTimeout           504     yes   connect_s / first_byte_s / total_s
+│   ├── UpstreamBusy              503     yes   every connection to the replica busy for pool_wait_s
 │   ├── UpstreamDisconnected      502     no    closed or broke the answer once it had the request
 │   ├── UpstreamBadAnswer         502     yes   not the JSON / event stream the endpoint answers with
 │   ├── UpstreamAnswerTooLarge    502     yes   over limits.max_answer_bytes
@@ -113,6 +114,14 @@ class UpstreamTimeout(UpstreamError):
     type = "timeout_error"
     code = "upstream_timeout"
     fallback_reason = "timeout"
+
+
+class UpstreamBusy(UpstreamError):
+    """The replica's ``max_connections`` were all in use for ``pool_wait_s``: the request never left."""
+
+    status = 503
+    type = "upstream_error"
+    code = "upstream_busy"
 
 
 class UpstreamDisconnected(UpstreamError):

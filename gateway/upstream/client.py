@@ -8,14 +8,16 @@ nowhere else::
 
     aiohttp                                   gateway.errors            may go to another backend
     ClientConnectorError (refused, DNS, TLS)  UpstreamConnectError      yes: the request never left
-    ConnectionTimeoutError (connect, pool)    UpstreamTimeout           yes: the request never left
+    ConnectionTimeoutError                    UpstreamTimeout           yes: the request never left
+    (all max_connections busy, pool_wait_s)   UpstreamBusy              yes: the request never left
     ServerTimeoutError, TimeoutError          UpstreamTimeout           yes (first_byte_s / total_s)
     "Can not write request body"              UpstreamConnectError      yes: the backend did not read it all
     ServerDisconnectedError, other errors     UpstreamDisconnected      no: it may have the request already
 
-Connections are pooled per replica (``max_connections``, with a bounded wait for a free one) in one aiohttp
-session per TLS setting. A connection is reused only after an answer whose body was read to its clean end; an
-answer abandoned midway, or with bytes after its end, closes its connection.
+Connections are pooled in one aiohttp session per TLS setting; a replica has at most ``max_connections`` requests
+in flight (each holds a slot until its answer is closed), and a request waits at most ``pool_wait_s`` for a slot.
+A connection is reused only after an answer whose body was read to its clean end; an answer abandoned midway, or
+with bytes after its end, closes its connection.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from yarl import URL
 
 from gateway.errors import (
     UpstreamAnswerTooLarge,
+    UpstreamBusy,
     UpstreamConnectError,
     UpstreamDisconnected,
     UpstreamError,
@@ -67,12 +70,10 @@ class Timeouts:
     pool_wait_s: float = 1.0
 
     def for_aiohttp(self) -> aiohttp.ClientTimeout:
-        # aiohttp's ``connect`` covers the wait for a pooled connection plus a new connection's handshake.
+        # The wait for a free connection is the client's own (``pool_wait_s``); aiohttp's pool never waits, as it
+        # allows as many connections as there are slots.
         return aiohttp.ClientTimeout(
-            total=self.total_s,
-            connect=self.pool_wait_s + self.connect_s,
-            sock_connect=self.connect_s,
-            sock_read=self.first_byte_s,
+            total=self.total_s, connect=self.connect_s, sock_connect=self.connect_s, sock_read=self.first_byte_s
         )
 
 
@@ -86,11 +87,14 @@ class UpstreamResponse:
     when the body was read to its end, and drops it otherwise.
     """
 
-    __slots__ = ("_client", "_closed", "_response", "_saw_done", "status", "url")
+    __slots__ = ("_client", "_closed", "_response", "_saw_done", "_slot", "status", "url")
 
-    def __init__(self, response: aiohttp.ClientResponse, client: UpstreamClient, url: str) -> None:
+    def __init__(
+        self, response: aiohttp.ClientResponse, client: UpstreamClient, url: str, slot: asyncio.Semaphore
+    ) -> None:
         self._response = response
         self._client = client
+        self._slot = slot
         self.url = url
         self.status = response.status
         self._closed = False
@@ -152,10 +156,12 @@ class UpstreamResponse:
         response = self._response
         if response.content.at_eof() or response.connection is None:
             response.release()
+            self._slot.release()
         elif self._saw_done:
-            self._client.drain(response)
+            self._client.drain(response, self._slot)
         else:
             response.close()
+            self._slot.release()
 
 
 class UpstreamClient:
@@ -165,6 +171,7 @@ class UpstreamClient:
         self._sessions: dict[ConnectionSettings, aiohttp.ClientSession] = {}
         self._urls: dict[str, URL] = {}
         self._drains: dict[asyncio.Task[None], aiohttp.ClientResponse] = {}
+        self._slots: dict[tuple[ConnectionSettings, str | None, int | None], asyncio.Semaphore] = {}
         self._started = False
 
     async def start(self) -> None:
@@ -214,14 +221,35 @@ class UpstreamClient:
     ) -> UpstreamResponse:
         if not self._started:
             raise RuntimeError("UpstreamClient.start() was not awaited")
+        target = self._url(url)
+        slot = await self._slot(settings, target, timeouts.pool_wait_s, url)
         try:
             session = self._sessions.get(settings) or self._session(settings)
-            response = await session.request(
-                method, self._url(url), data=body, headers=headers, timeout=timeouts.for_aiohttp()
-            )
+            response = await session.request(method, target, data=body, headers=headers, timeout=timeouts.for_aiohttp())
         except BaseException as exc:
+            slot.release()
             raise self.translate(exc, url, sent=False) from None
-        return UpstreamResponse(response, self, url)
+        return UpstreamResponse(response, self, url, slot)
+
+    async def _slot(self, settings: ConnectionSettings, target: URL, wait_s: float, url: str) -> asyncio.Semaphore:
+        """A slot among the replica's ``max_connections``, waiting at most ``wait_s`` for one."""
+        key = (settings, target.host, target.port)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = asyncio.Semaphore(settings.max_connections)
+        if not slot.locked():
+            await slot.acquire()  # returns at once
+            return slot
+        try:
+            async with asyncio.timeout(wait_s):
+                await slot.acquire()
+        except TimeoutError:
+            error = UpstreamBusy(
+                f"all {settings.max_connections} connections to the backend stayed busy for {wait_s:g}s"
+            )
+            error.backend = url
+            raise error from None
+        return slot
 
     def translate(self, exc: BaseException, url: str, *, sent: bool) -> BaseException:
         """The gateway error for a library failure; ``sent``: the request was certainly written (an answer had
@@ -250,12 +278,17 @@ class UpstreamClient:
         error.backend = error.backend or url
         return error
 
-    def drain(self, response: aiohttp.ClientResponse) -> None:
+    def drain(self, response: aiohttp.ClientResponse, slot: asyncio.Semaphore) -> None:
         """Read the last framing bytes of a stream that sent ``[DONE]`` in the background, so its connection is
         reused; any data there (bytes after the answer's end) or a slow end drops the connection instead."""
         task = asyncio.get_running_loop().create_task(_drain(response))
         self._drains[task] = response
-        task.add_done_callback(self._drains.pop)
+
+        def drained(done: asyncio.Task[None]) -> None:
+            self._drains.pop(done)
+            slot.release()
+
+        task.add_done_callback(drained)
 
     def _session(self, settings: ConnectionSettings) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -277,11 +310,14 @@ class UpstreamClient:
     def _url(self, url: str) -> URL:
         parsed = self._urls.get(url)
         if parsed is None:
+            parsed = URL(url)
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                error = UpstreamConnectError("the backend's URL is not http(s)://host")
+                error.backend = url
+                raise error
             if len(self._urls) > 4096:
                 self._urls.clear()
-            parsed = self._urls[url] = URL(url)
-            if parsed.scheme not in ("http", "https") or not parsed.host:
-                raise UpstreamConnectError("unsupported backend URL")
+            self._urls[url] = parsed
         return parsed
 
 

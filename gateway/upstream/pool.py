@@ -15,7 +15,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from gateway.policy.schema import BreakerSpec, PolicySpec
@@ -116,6 +116,17 @@ class BackendPool:
             return "manual"
         return "breaker" if any(b.healthy for b in live) else "unhealthy"
 
+    def retry_after_s(self) -> float | None:
+        """Seconds until a replica that asked for a pause (``Retry-After``) takes requests again, when that is all
+        that keeps the model out; None otherwise."""
+        now = time.monotonic()
+        waits = [
+            b.cooldown_until - now
+            for b in self.backends
+            if b.cooldown_until > now and b.healthy and not b.drained and b.breaker.available()
+        ]
+        return min(waits) if waits else None
+
     def order(self, limit: int, affinity_key: str | None = None) -> list[Backend]:
         """Up to ``limit`` distinct available replicas to try, best first."""
         candidates = self.available()
@@ -183,6 +194,11 @@ class BackendRegistry:
     def all_backends(self) -> Iterator[Backend]:
         for pool in self.pools.values():
             yield from pool.backends
+
+    def retry_after_s(self, models: Iterable[str]) -> float | None:
+        """The soonest end of a ``Retry-After`` pause among ``models``' replicas (for the client's answer)."""
+        waits = [w for m in models if (pool := self.pools.get(m)) is not None and (w := pool.retry_after_s())]
+        return min(waits) if waits else None
 
     def skip_reason(self, model: str, cohort: str) -> str | None:
         """A :class:`gateway.routing.planner.ModelFilter`: models with no available replica are skipped."""
