@@ -1,4 +1,5 @@
-"""``llm-gateway``: serve, check, explain, sim (DESIGN.md section 2). Wires the parts together; no logic of its own."""
+"""``llm-gateway``: serve, check, explain, sim, schema, eval (see docs/architecture.md). Wires the parts together; no
+logic of its own."""
 
 from __future__ import annotations
 
@@ -7,29 +8,57 @@ import asyncio
 import gc
 import json
 import logging
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
 
 import uvicorn
 import uvloop
 
+from gateway.api.server import ConnectionLimits, ListenError, listen, server_config
 from gateway.policy import PolicyError, load_policy
 from gateway.promote.options import add_eval_arguments
 
+DESCRIPTION = "An OpenAI-compatible LLM gateway: serve, check, explain, sim, schema, eval (see docs/architecture.md)."
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="llm-gateway", description=__doc__)
+    parser = argparse.ArgumentParser(prog="llm-gateway", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="run the gateway")
     serve.add_argument("--policy", required=True, help="routing policy YAML")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8080, help="the OpenAI API's port (default %(default)s)")
+    serve.add_argument("--log-level", default="info", help="debug, info, warning, error (default %(default)s)")
     serve.add_argument("--admin-port", type=int, help="serve /admin/* on this port only (not on --port)")
     serve.add_argument("--no-watch", action="store_true", help="do not reload when the policy file changes")
+    defaults = ConnectionLimits()
+    serve.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=defaults.max_connections,
+        metavar="N",
+        help="open client connections per listener (default %(default)s); a new connection over it closes the "
+        "oldest one with no request in progress, and gets 503 only when all are busy with requests",
+    )
+    serve.add_argument(
+        "--header-timeout-s",
+        type=_positive(float),
+        default=defaults.header_timeout_s,
+        metavar="S",
+        help="a client must send its request headers within this, from their first byte (default %(default)s); "
+        "else 408 and the connection is closed",
+    )
+    serve.add_argument(
+        "--keepalive-s",
+        type=_positive(float),
+        default=defaults.keepalive_s,
+        metavar="S",
+        help="a connection with no request in progress (new, or its answer sent) is closed after this "
+        "(default %(default)s); keep it above the idle timeout of a load balancer in front",
+    )
 
     check = commands.add_parser("check", help="validate policy files")
     check.add_argument("paths", nargs="+")
@@ -57,6 +86,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler(args)
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
 def _serve(args: argparse.Namespace) -> int:
     from gateway.api.app import create_admin_app, create_app
     from gateway.runtime import Gateway
@@ -67,39 +109,49 @@ def _serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
+    try:
+        listeners = _listen(args)
+    except ListenError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
     gateway = Gateway(policy, watch_policy=not args.no_watch)
-    app = create_app(gateway, admin=args.admin_port is None)
-    admin_app = create_admin_app(gateway) if args.admin_port is not None else None
+    limits = ConnectionLimits(args.max_connections, args.header_timeout_s, args.keepalive_s)
     level = args.log_level.lower()
-    servers = [uvicorn.Server(_config(app, args.host, args.port, level, lifespan="on"))]
-    if admin_app is not None:
-        servers.append(uvicorn.Server(_config(admin_app, args.host, args.admin_port, level, lifespan="off")))
+    api = create_app(gateway, admin=args.admin_port is None)
+    servers = [(uvicorn.Server(server_config(api, limits, log_level=level, lifespan="on")), listeners[0])]
+    if args.admin_port is not None:
+        admin = create_admin_app(gateway)
+        servers.append((uvicorn.Server(server_config(admin, limits, log_level=level, lifespan="off")), listeners[1]))
+    for sockets in listeners:
+        for sock in sockets:
+            address, port = sock.getsockname()[:2]
+            logging.getLogger("gateway").info("listening on %s port %d", address, port)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(_serve_all(servers))
     return 0
 
 
-def _config(app: Any, host: str, port: int, level: str, lifespan: Literal["on", "off"]) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        http="httptools",
-        log_level=level,
-        access_log=False,
-        lifespan=lifespan,
-        proxy_headers=False,  # nothing reads the client address; the middleware cost ~3 % of CPU per request
-    )
+def _listen(args: argparse.Namespace) -> list[list[socket.socket]]:
+    """The API's sockets, then the admin listener's: all bound, or none (a port in use is a :class:`ListenError`)."""
+    listeners = [listen(args.host, args.port)]
+    if args.admin_port is not None:
+        try:
+            listeners.append(listen(args.host, args.admin_port))
+        except ListenError:
+            for sock in listeners[0]:
+                sock.close()
+            raise
+    return listeners
 
 
-async def _serve_all(servers: list[uvicorn.Server]) -> None:
+async def _serve_all(servers: list[tuple[uvicorn.Server, list[socket.socket]]]) -> None:
     """Run the API (and the optional admin listener) in one event loop; when one stops, stop the other."""
-    tasks = [asyncio.create_task(server.serve()) for server in servers]
-    while not all(server.started for server in servers) and not any(task.done() for task in tasks):
+    tasks = [asyncio.create_task(server.serve(sockets=sockets)) for server, sockets in servers]
+    while not all(server.started for server, _ in servers) and not any(task.done() for task in tasks):
         await asyncio.sleep(0.05)
     tune_gc()
     await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for server in servers:
+    for server, _ in servers:
         server.should_exit = True
     await asyncio.gather(*tasks, return_exceptions=True)
 

@@ -24,6 +24,7 @@ import uvicorn
 import uvloop
 
 from gateway.api.app import create_app
+from gateway.api.server import ConnectionLimits, server_config
 from gateway.policy import load_policy
 from gateway.runtime import Gateway
 from gateway.sim import SimProfile, SimServer
@@ -40,7 +41,10 @@ def _bound_socket() -> socket.socket:
 
 
 class Stack:
-    """``sims`` maps a simulator name to the model names it serves; the policy template names them ``${NAME}``."""
+    """``sims`` maps a simulator name to the model names it serves; the policy template names them ``${NAME}``.
+
+    The gateway listens with the server configuration of ``llm-gateway serve``, under ``connection_limits``.
+    """
 
     def __init__(
         self,
@@ -50,8 +54,10 @@ class Stack:
         sim_profile: SimProfile | None = None,
         rng: Callable[[], float] | None = None,
         tracing: Tracing | None = None,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         self._tracing = tracing
+        self._connection_limits = connection_limits or ConnectionLimits()
         self._template = policy_template
         self._sims_spec = sims
         self._sim_profile = sim_profile
@@ -98,7 +104,7 @@ class Stack:
         self.gateway = Gateway(load_policy(self.policy_path), rng=self._rng, tracing=self._tracing)
         sock = _bound_socket()
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(self.gateway), log_level="warning", lifespan="on", access_log=False)
+        config = server_config(create_app(self.gateway), self._connection_limits, log_level="warning", lifespan="on")
         self._server = uvicorn.Server(config)
         serving = asyncio.create_task(self._server.serve(sockets=[sock]))
         while not self._server.started and not serving.done():

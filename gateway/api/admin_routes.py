@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.api.validation import parse_json_object, read_body
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest
 from gateway.routing.explain import explain
 from gateway.runtime import Gateway
-from gateway.wire import loads
 
 
 class AdminDisabled(GatewayError):
@@ -39,13 +39,11 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    try:
-        body = loads(await request.body())
-    except ValueError:
-        raise InvalidRequest("the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
+    """The body as a JSON object, read within the policy's size and time limits like any other request."""
+    limits = request.app.state.gateway.snapshot.policy.spec.limits
+    declared = request.headers.get("content-length")
+    raw = await read_body(request.receive, declared, limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+    return parse_json_object(raw)
 
 
 @router.get("/state")

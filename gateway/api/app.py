@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api import admin_routes, feedback_routes, openai_routes, ops_routes
 from gateway.api.fastpath import GatewayApp, internal_error_response
+from gateway.api.validation import ClientDisconnected
 from gateway.errors import GatewayError
 from gateway.runtime import Gateway
 from gateway.wire import error_body
@@ -60,6 +61,7 @@ def create_admin_app(gateway: Gateway) -> FastAPI:
 
 def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(GatewayError, _gateway_error)
+    app.add_exception_handler(ClientDisconnected, _client_gone)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
 
@@ -67,6 +69,10 @@ def _add_error_handlers(app: FastAPI) -> None:
 async def _gateway_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, GatewayError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=400)  # nobody is left to read it; not an error of the gateway's
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -92,7 +92,9 @@ class GatewayApp:
         snapshot = self.gateway.snapshot  # read once: a reload mid-request does not change this request's policy
         limits = snapshot.policy.spec.limits
         try:
-            raw = await read_body(receive, headers.get("content-length"), limits.max_body_bytes)
+            raw = await read_body(
+                receive, headers.get("content-length"), limits.max_body_bytes, timeout_s=limits.body_timeout_s
+            )
             ctx.client_key = snapshot.keys.authenticate(headers)
             ctx.body = parse_body(raw, endpoint, limits.max_messages)
         except GatewayError as exc:

@@ -1,32 +1,52 @@
-"""Parse and check an OpenAI request body just enough to route it safely.
+"""Read, parse and check an OpenAI request body just enough to route it safely.
 
 The full schema check is vLLM's job (it answers 400 with details, passed through); the gateway checks the fields it
-reads or rewrites, so a bad body gets a clear 400 here instead of a confusing answer later.
+reads or rewrites, so a bad body gets a clear 400 here instead of a confusing answer later. The body itself is
+bounded in size (413), in the time it takes to arrive (408) and in how deep it nests (400).
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 from starlette.types import Receive
 
 from gateway.context import Endpoint
-from gateway.errors import InvalidRequest, PayloadTooLarge
+from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from gateway.wire import loads
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+DEFAULT_BODY_TIMEOUT_S = 30.0  # the policy's limits.body_timeout_s default
+# orjson parses up to 1024 levels but serializes only up to 254, and the gateway re-serializes bodies (and wraps them
+# in spans, captures and mirror copies): a depth well under that, and more than any real request or JSON Schema uses.
+MAX_JSON_DEPTH = 128
 
 
 class ClientDisconnected(Exception):
     """The client went away before its request body arrived: nobody is left to answer."""
 
 
-async def read_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+async def read_body(
+    receive: Receive, declared: str | None, limit: int, *, timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+) -> bytes:
     """The whole request body from ASGI ``receive``, refused early when ``content-length`` (``declared``) says it
-    is over ``limit`` and as soon as it grows over it otherwise."""
+    is over ``limit`` and as soon as it grows over it otherwise.
+
+    ``timeout_s`` is wall-clock time for the whole body, not per chunk: a client that trickles a byte now and then
+    gets a 408 all the same (slowloris).
+    """
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _receive_all(receive, limit)
+    except TimeoutError:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g}s") from None
+
+
+async def _receive_all(receive: Receive, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -51,7 +71,30 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if _nests_deeper(raw, body, MAX_JSON_DEPTH):
+        raise InvalidRequest(f"the request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep")
     return body
+
+
+def _nests_deeper(raw: bytes, body: dict[str, Any], limit: int) -> bool:
+    """Whether ``body`` (parsed from ``raw``) has arrays or objects more than ``limit`` levels deep (itself: 1).
+
+    Most bodies have fewer brackets than ``limit`` in all, which a byte count (C speed) proves. The others are
+    walked a level at a time, without recursion: one visit per value, the same order of work as parsing them.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= limit:
+        return False
+    level: list[Any] = [body]
+    for _ in range(limit):
+        deeper = []
+        for container in level:
+            for value in container.values() if isinstance(container, dict) else container:
+                if isinstance(value, dict | list):
+                    deeper.append(value)
+        if not deeper:
+            return False
+        level = deeper
+    return True
 
 
 def parse_body(raw: bytes, endpoint: Endpoint, max_messages: int = 2048) -> dict[str, Any]:
