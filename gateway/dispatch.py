@@ -21,6 +21,7 @@ from gateway.errors import (
     AttemptsExhausted,
     GatewayError,
     NoBackendAvailable,
+    UpstreamDisconnected,
     UpstreamError,
     UpstreamStatus,
     UpstreamTimeout,
@@ -118,7 +119,9 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
                     ctx.note_fallback("context_window", model)
                     index = jump
                     break
-                if not exc.retryable:
+                if not (
+                    exc.retryable or (policy.health.resend_on_disconnect and isinstance(exc, UpstreamDisconnected))
+                ):
                     raise
                 failures.append((model, backend.url, exc))
                 gateway.metrics.upstream_failure(model, backend.label, exc.fallback_reason)

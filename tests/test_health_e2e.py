@@ -31,6 +31,7 @@ routes:
   prefixed: {target: merged-v1, balance: prefix, prefix_chars: 64, fallback: [source-a]}
 health:
   interval_s: 0.1
+  resend_on_disconnect: true   # replicas are killed mid-request: what they held is sent on
   check_timeout_s: 0.5
   unhealthy_after: 2
   healthy_after: 2

@@ -183,6 +183,11 @@ class HealthSpec(Strict):
     unhealthy_after: PositiveInt = 2
     healthy_after: PositiveInt = 2
     scrape_load: bool = Field(default=False, description="weigh vLLM's own queue (scraped /metrics) in balancing")
+    resend_on_disconnect: bool = Field(
+        default=False,
+        description="send a request on (next replica or fallback) when a backend dropped the connection after it had "
+        "the request, e.g. a replica killed mid-generation; off: it may still be generating, so a POST is sent once",
+    )
     breaker: BreakerSpec = BreakerSpec()
     timeouts: TimeoutsSpec = TimeoutsSpec()
 

@@ -267,8 +267,8 @@ class UpstreamClient:
             error = UpstreamConnectError(f"cannot connect to the backend: {_reason(exc)}")
         elif isinstance(exc, aiohttp.ClientOSError) and not sent and "write request body" in str(exc):
             error = UpstreamConnectError("the backend closed the connection before it read the whole request")
-        elif isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ClientResponseError) and sent:
-            error = UpstreamDisconnected(f"the backend's answer was cut or malformed: {type(exc).__name__}")
+        elif isinstance(exc, aiohttp.ClientPayloadError):
+            error = UpstreamDisconnected("the backend's answer was cut short (or its framing was broken)")
         elif isinstance(exc, aiohttp.ClientResponseError):
             error = UpstreamDisconnected(f"the backend sent a malformed answer: {exc.message}")
         elif isinstance(exc, aiohttp.ClientError | ValueError):
