@@ -71,7 +71,8 @@ def finish(gateway: Gateway, ctx: RequestContext, primary: asyncio.Future[Finish
         if not primary.done():
             primary.set_result(None)
         return
-    gateway.recorder.feedback.remember(ctx.request_id, model, ctx.cohort)
+    key = ctx.client_key.name if ctx.client_key is not None else None
+    gateway.recorder.feedback.remember(ctx.request_id, model, ctx.cohort, key)
     now = time.perf_counter()
     ttft = ctx.first_byte_at - ctx.started if ctx.first_byte_at is not None else None
     if ctx.assembler is not None:

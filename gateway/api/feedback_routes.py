@@ -1,4 +1,8 @@
-"""``POST /v1/feedback``: a user's score of an earlier answer, counted as the ``user_feedback`` evaluator."""
+"""``POST /v1/feedback``: a user's score of an earlier answer, counted as the ``user_feedback`` evaluator.
+
+With ``keys`` in the policy, feedback is authenticated and rate-limited like any other request, and a key scores
+only requests it made itself (another key's request id is answered exactly like an unknown one).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateway.api.validation import REQUEST_ID, parse_json_object, read_body
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import InvalidRequest
 from gateway.runtime import Gateway
 
 router = APIRouter()
+
+MAX_FEEDBACK_BYTES = 64 * 1024
 
 
 def lowered_headers(request: Request) -> dict[str, str]:
@@ -19,27 +25,27 @@ def lowered_headers(request: Request) -> dict[str, str]:
 
 @router.post("/v1/feedback")
 async def feedback(request: Request) -> Response:
-    """``{"request_id", "score"}`` with score in -1..1; a negative score fails the ``user_feedback`` evaluator."""
+    """``{"request_id", "score"}`` with score in -1..1; a negative score fails the ``user_feedback`` evaluator.
+
+    404 ``request_not_found`` when this key has no recent answer with that id; 409 ``feedback_already_recorded``
+    for a second score of the same id (the first one stands).
+    """
     gateway: Gateway = request.app.state.gateway
-    gateway.snapshot.keys.authenticate(lowered_headers(request))
-    body = parse_json_object(await read_body(request.receive, request.headers.get("content-length"), 64 * 1024))
+    key = gateway.snapshot.keys.authenticate(lowered_headers(request))
+    if key is not None:
+        gateway.limiter.admit(key.name, key.spec.rate_limit)
+    raw = await read_body(request.receive, request.headers.get("content-length"), MAX_FEEDBACK_BYTES)
+    body = parse_json_object(raw)
     request_id, score = body.get("request_id"), body.get("score")
     if not isinstance(request_id, str) or not REQUEST_ID.match(request_id):
         raise InvalidRequest("'request_id' must be the x-request-id of an earlier answer", param="request_id")
     if not isinstance(score, int | float) or isinstance(score, bool) or not -1 <= score <= 1:
         raise InvalidRequest("'score' must be a number in -1..1", param="score")
-    found = gateway.recorder.feedback_score(request_id, float(score))
-    if found is None:
-        raise UnknownRequest(f"no recent answer has request id '{request_id}'", param="request_id")
-    model, cohort = found
-    return JSONResponse({"request_id": request_id, "model": model, "cohort": cohort, "counted_as": _verdict(score)})
+    answered = gateway.recorder.feedback_score(request_id, float(score), key.name if key is not None else None)
+    return JSONResponse(
+        {"request_id": request_id, "model": answered.model, "cohort": answered.cohort, "counted_as": _verdict(score)}
+    )
 
 
 def _verdict(score: float) -> str:
     return "fail" if score < 0 else "pass"
-
-
-class UnknownRequest(GatewayError):
-    status = 404
-    type = "invalid_request_error"
-    code = "request_not_found"

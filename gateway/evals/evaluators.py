@@ -146,6 +146,7 @@ class ToolCallValid:
         if not answer.tool_calls:
             return _outcome("pass", "answered in text, which tool_choice allows")
         declared = _declared_functions(tools)
+        budget = self._schemas.budget()  # one budget for the whole answer, however many calls it makes
         for position, call in enumerate(answer.tool_calls):
             if call.name is None or call.name not in declared:
                 return _outcome("fail", f"tool call {position} names an undeclared function {call.name!r}")
@@ -159,7 +160,7 @@ class ToolCallValid:
             parameters = declared[call.name]
             if parameters is None:
                 continue
-            error, schema_error = self._schemas.first_error(parameters, arguments)
+            error, schema_error = self._schemas.first_error(parameters, arguments, budget)
             if schema_error is not None:
                 return _outcome("n/a", f"n/a: the parameters schema of {call.name} cannot be applied: {schema_error}")
             if error is not None:

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from gateway.evals.answer import FinishedAnswer
 from gateway.evals.evaluators import ALWAYS_ON, DEFAULT_REFUSAL_PATTERNS, EVALUATORS, EvalSettings, Outcome
-from gateway.evals.feedback import FeedbackCache
+from gateway.evals.feedback import AnsweredRequest, FeedbackCache
 from gateway.evals.gates import EvalGates, Transition
 from gateway.evals.windows import EvalWindows
 from gateway.policy.schema import EvalsSpec
@@ -88,14 +88,13 @@ class EvalRecorder:
             self._record(model, cohort, evaluator, failed_now, source)
         self.gates.observe(model, cohort)
 
-    def feedback_score(self, request_id: str, score: float) -> tuple[str, str] | None:
-        found = self.feedback.lookup(request_id)
-        if found is None:
-            return None
-        model, cohort = found
-        self._record(model, cohort, FEEDBACK, score < 0, "feedback")
-        self.gates.observe(model, cohort)
-        return found
+    def feedback_score(self, request_id: str, score: float, key: str | None) -> AnsweredRequest:
+        """Count ``key``'s score of its own request ``request_id``, once; raises :class:`UnknownRequest` for an id
+        this key cannot score and :class:`FeedbackAlreadyRecorded` for a second score."""
+        answered = self.feedback.claim(request_id, key)
+        self._record(answered.model, answered.cohort, FEEDBACK, score < 0, "feedback")
+        self.gates.observe(answered.model, answered.cohort)
+        return answered
 
     def _record(self, model: str, cohort: str, evaluator: str, failed: bool, source: str) -> None:
         window = self.windows.record((model, cohort, evaluator), failed)

@@ -28,6 +28,9 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -291,7 +294,7 @@ class UpstreamClient:
         task.add_done_callback(drained)
 
     def _session(self, settings: ConnectionSettings) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
+        connector = StrictConnector(
             limit=0,
             limit_per_host=settings.max_connections,
             keepalive_timeout=KEEPALIVE_S,
@@ -319,6 +322,19 @@ class UpstreamClient:
                 self._urls.clear()
             self._urls[url] = parsed
         return parsed
+
+
+class StrictConnector(aiohttp.TCPConnector):
+    """aiohttp's connector, except that an idle pooled connection on which the backend sent bytes while nobody was
+    asking (a second answer after the first, say) is closed rather than handed to the next request, which would
+    read those bytes as its own answer. aiohttp reuses any idle connection that is still open; this hooks its
+    private ``_get`` (aiohttp is pinned below 4, and tests/test_transport_conformance.py covers it)."""
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        for protocol, _ in self._conns.get(key, ()):
+            if protocol.should_close:
+                protocol.close()  # no longer connected: the pool drops it
+        return await super()._get(key, traces)
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
