@@ -23,6 +23,7 @@ with bytes after its end, closes its connection.
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ from gateway.upstream.sse import SseDecoder
 KEEPALIVE_S = 4.0
 """Idle connections are closed after this, just under the 5 s after which vLLM's uvicorn closes them itself: a POST
 is never sent on a connection the backend is about to drop (aiohttp, rightly, does not resend a POST)."""
+
+LARGE_BODY_BYTES = 1 << 20
+"""Bodies over this go to aiohttp as a file-like object (it warns about large ``bytes``, which it would copy)."""
 
 DRAIN_S = 1.0
 """After a stream's ``[DONE]``, how long the end of its framing may take before the connection is dropped instead
@@ -228,7 +232,8 @@ class UpstreamClient:
         slot = await self._slot(settings, target, timeouts.pool_wait_s, url)
         try:
             session = self._sessions.get(settings) or self._session(settings)
-            response = await session.request(method, target, data=body, headers=headers, timeout=timeouts.for_aiohttp())
+            data = io.BytesIO(body) if body is not None and len(body) > LARGE_BODY_BYTES else body
+            response = await session.request(method, target, data=data, headers=headers, timeout=timeouts.for_aiohttp())
         except BaseException as exc:
             slot.release()
             raise self.translate(exc, url, sent=False) from None
