@@ -66,6 +66,7 @@ health:
   interval_s: 2
   check_timeout_s: 10  # on 2 busy cores vLLM's front end may answer /health and /metrics seconds late
   scrape_load: true
+  resend_on_disconnect: true  # a test stops a server with requests in flight: they are sent on to the sources
   breaker: {consecutive_failures: 3, open_s: 60}
   timeouts: {connect_s: 2, first_byte_s: 60, total_s: 120}
 evals:
