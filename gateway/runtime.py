@@ -7,6 +7,7 @@ embedded default policy works without a GPU.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -46,7 +47,12 @@ class Gateway:
         watch_policy: bool = True,
     ) -> None:
         self.watch_policy = watch_policy
-        self.reloader = PolicyReloader(self, policy.path)
+        self.reloader = PolicyReloader(
+            policy.path,
+            current=lambda: self.snapshot.policy,
+            apply=self.apply_policy,
+            count=lambda outcome: self.metrics.policy_reloads.labels(outcome).inc(),
+        )
         self.tracing = tracing or Tracing()
         self.limiter = RateLimiter(clock)
         self.run_health_checks = run_health_checks
@@ -78,7 +84,7 @@ class Gateway:
     async def apply_policy(self, policy: LoadedPolicy) -> None:
         """Swap in a validated policy; pools, breakers, health and eval state of what still exists are kept."""
         spec = policy.spec
-        snapshot = PolicySnapshot.build(policy, self._rng)
+        snapshot = await asyncio.to_thread(PolicySnapshot.build, policy, self._rng)  # regexes compile off the loop
         await self._start_sims(spec)
         registry = BackendRegistry.from_policy(spec, self._resolve, self._clock, previous=self.registry)
         self.snapshot, self.registry = snapshot, registry  # no await in between: requests see both or neither

@@ -16,6 +16,8 @@ from gateway.policy.yamlpos import Path
 
 Problem = tuple[Path, str]
 
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
+"""An HTTP header name (RFC 9110 token)."""
 _BACKEND = re.compile(r"^(https?://[A-Za-z0-9.\-\[\]:]+(:\d+)?(/[^\s]*)?|sim://[A-Za-z0-9_.\-]+)$")
 
 
@@ -48,9 +50,29 @@ def _check_keys(policy: PolicySpec) -> Iterator[Problem]:
         for i, cohort in enumerate(spec.cohorts or ()):
             if cohort not in cohorts:
                 yield ("keys", name, "cohorts", i), _unknown("cohort", cohort, cohorts)
-    for i, header in enumerate(policy.limits.forward_headers):
-        if header.lower() in ("authorization", "host", "content-length", "content-type", "transfer-encoding"):
-            yield ("limits", "forward_headers", i), f"'{header}' is never forwarded (the gateway sets it itself)"
+    yield from _check_forward_headers(policy.limits.forward_headers)
+
+
+_SET_BY_GATEWAY = frozenset({"authorization", "host", "content-type"})
+_FRAMING = frozenset({"content-length", "transfer-encoding", "content-encoding"})
+_HOP_BY_HOP = frozenset({"connection", "keep-alive", "expect", "te", "trailer", "upgrade"})
+
+
+def _check_forward_headers(names: list[str]) -> Iterator[Problem]:
+    """Only end-to-end headers the gateway does not write itself. The gateway sends a body of its own, so the
+    client's framing (``content-length``, ``transfer-encoding``) would frame it wrongly; hop-by-hop headers
+    (``connection``, ``expect: 100-continue``, ``proxy-*``) describe the client's connection, not the gateway's."""
+    for i, header in enumerate(names):
+        name = header.lower()
+        here = ("limits", "forward_headers", i)
+        if not _TOKEN.fullmatch(header):
+            yield here, f"'{header}' is not a valid header name"
+        elif name in _SET_BY_GATEWAY:
+            yield here, f"'{header}' is never forwarded (the gateway sets it itself)"
+        elif name in _FRAMING:
+            yield here, f"'{header}' frames the client's body and is never forwarded (the gateway frames its own)"
+        elif name in _HOP_BY_HOP or name.startswith("proxy-"):
+            yield here, f"'{header}' is a hop-by-hop header (it concerns one connection) and is never forwarded"
 
 
 def _check_models(policy: PolicySpec) -> Iterator[Problem]:
@@ -105,7 +127,7 @@ def _check_match(match: Match, path: Path, policy: PolicySpec) -> Iterator[Probl
             yield (*path, "content"), f"invalid regex: {exc}"
     if match.header:
         for name in match.header:
-            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name):
+            if not _TOKEN.fullmatch(name):
                 yield (*path, "header", name), f"'{name}' is not a valid header name"
     if match.model is not None:
         known = set(policy.models) | set(policy.public_models)

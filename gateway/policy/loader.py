@@ -1,12 +1,16 @@
 """Read a policy file into a validated, versioned :class:`LoadedPolicy`, or raise :class:`PolicyError`.
 
 Loading never half-succeeds: syntax, schema and cross-reference problems are all collected and reported together
-with ``file:line:col``, and the caller (startup or reload) keeps whatever policy it had.
+with ``file:line:col``, and the caller (startup or reload) keeps whatever policy it had. Reading and parsing are
+bounded (file size here, YAML expansion and nesting in :mod:`gateway.policy.yamlpos`), so a hostile file costs at
+most a second or so of CPU, which a reload spends off the event loop.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path as FsPath
 from typing import Any
@@ -31,16 +35,53 @@ class LoadedPolicy:
         return f"{self.spec.revision}/{self.digest}" if self.spec.revision else self.digest
 
 
+MAX_POLICY_BYTES = 4 * 1024 * 1024
+"""A policy is a few KiB; a file larger than this is refused before it is parsed."""
+
+
 def load_policy(path: str | FsPath) -> LoadedPolicy:
+    return parse_policy_bytes(read_policy_bytes(path), str(path))
+
+
+def read_policy_bytes(path: str | FsPath) -> bytes:
+    """The file's bytes, or :class:`PolicyError` if it cannot be read, is not a regular file (a FIFO or a device
+    would block or never end) or is larger than :data:`MAX_POLICY_BYTES`."""
     name = str(path)
     try:
-        text = FsPath(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(name, [PolicyIssue((), f"cannot read policy: {exc}", _origin())]) from None
-    return parse_policy(text, name)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise _unreadable(name, "not a regular file")
+            data = file.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise _unreadable(name, str(exc)) from None
+    if len(data) > MAX_POLICY_BYTES:
+        raise _too_large(name)
+    return data
+
+
+def policy_digest(data: bytes) -> str:
+    """What :attr:`LoadedPolicy.digest` is for a file holding ``data``: the first 12 hex digits of its sha256."""
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def parse_policy_bytes(data: bytes, filename: str = "<policy>") -> LoadedPolicy:
+    if len(data) > MAX_POLICY_BYTES:
+        raise _too_large(filename)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        where = Position(data.count(b"\n", 0, exc.start) + 1, exc.start - line_start + 1)
+        raise PolicyError(filename, [PolicyIssue((), "not UTF-8 text", where)]) from None
+    return _parse(text, filename, policy_digest(data))
 
 
 def parse_policy(text: str, filename: str = "<policy>") -> LoadedPolicy:
+    return parse_policy_bytes(text.encode("utf-8"), filename)
+
+
+def _parse(text: str, filename: str, digest: str) -> LoadedPolicy:
     try:
         doc = load_positioned(text)
     except YamlSyntaxError as exc:
@@ -54,8 +95,16 @@ def parse_policy(text: str, filename: str = "<policy>") -> LoadedPolicy:
     problems = check_policy(spec)
     if problems:
         raise PolicyError(filename, [PolicyIssue(p, msg, doc.locate(p)) for p, msg in problems])
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     return LoadedPolicy(spec=spec, path=filename, digest=digest)
+
+
+def _unreadable(filename: str, why: str) -> PolicyError:
+    return PolicyError(filename, [PolicyIssue((), f"cannot read policy: {why}", _origin())])
+
+
+def _too_large(filename: str) -> PolicyError:
+    limit = MAX_POLICY_BYTES // (1024 * 1024)
+    return PolicyError(filename, [PolicyIssue((), f"policy file larger than {limit} MiB: refused unread", _origin())])
 
 
 def _origin() -> Position:

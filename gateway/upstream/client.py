@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ from gateway.errors import (
 )
 from gateway.policy.schema import TlsSpec
 from gateway.upstream.sse import SseDecoder
+
+log = logging.getLogger("gateway.upstream")
 
 KEEPALIVE_S = 4.0
 """Idle connections are closed after this, just under the 5 s after which vLLM's uvicorn closes them itself: a POST
@@ -265,8 +268,6 @@ class UpstreamClient:
         error: UpstreamError
         if isinstance(exc, UpstreamError):
             error = exc
-        elif isinstance(exc, ssl.SSLError | FileNotFoundError):
-            error = UpstreamConnectError(f"the model's TLS files cannot be used: {type(exc).__name__}")
         elif isinstance(exc, aiohttp.ConnectionTimeoutError):
             error = UpstreamTimeout("timed out connecting to the backend or waiting for a free connection to it")
         elif isinstance(exc, TimeoutError):
@@ -364,6 +365,14 @@ def _ssl_context(tls: TlsSpec | None) -> ssl.SSLContext | bool:
     """TLS for ``https://`` backends: the system's CAs and host-name checks unless the policy says otherwise."""
     if tls is None:
         return True
+    try:
+        return _load_tls(tls)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("TLS settings %s cannot be used: %s", tls, exc)
+        raise UpstreamConnectError("the model's TLS files cannot be used (see the gateway's log)") from None
+
+
+def _load_tls(tls: TlsSpec) -> ssl.SSLContext:
     if not tls.verify:
         context = ssl.create_default_context()
         context.check_hostname = False
