@@ -61,7 +61,7 @@ def test_help_points_at_the_architecture_doc_and_lists_the_connection_flags() ->
     assert "DESIGN" not in top.stdout
     serve = run_cli("serve", "--help")
     flat = " ".join(serve.stdout.split())
-    assert "--max-connections N open client connections per listener (default 1024)" in flat
+    assert "--max-connections N open client connections per listener (default 4096)" in flat
     assert "--header-timeout-s S" in flat and "(default 10.0)" in flat
     assert "--keepalive-s S" in flat and "(default 5.0)" in flat
 

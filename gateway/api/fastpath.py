@@ -8,7 +8,7 @@ lifespan included, is FastAPI's. This is the one HTTP entry path of a proxied re
 
 Once its body is read, a request is watched for the client's disconnect (uvicorn drops writes to a closed
 connection silently, so ``receive`` is the only place to learn it): a client that goes away cancels its request
-wherever it waits, and the backend request with it, streamed or not.
+wherever it waits, and the backend request with it, streamed or not, at most ``WATCH_AFTER_S`` after it left.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ log = logging.getLogger("gateway")
 PROXY_ROUTES: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
+WATCH_AFTER_S = 0.2
 
 
 def error_response(error: GatewayError, ctx: RequestContext | None = None) -> Response:
@@ -53,23 +54,36 @@ def request_id_of(headers: Mapping[str, str]) -> str:
 
 
 class DisconnectWatch:
-    """Cancels the current task when the client disconnects; ``gone`` tells that cancellation from any other."""
+    """Cancels the current task when the client disconnects; ``gone`` tells that cancellation from any other.
+
+    The watch begins ``WATCH_AFTER_S`` into the request, not at once: most answers are out before then, and a
+    timer is far cheaper than the task that waits on ``receive`` (about a tenth of the gateway's CPU per request
+    when every request had one). A client gone earlier is seen as soon as the watch begins, since ``receive``
+    then answers ``http.disconnect`` at once.
+    """
 
     def __init__(self, receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
         self.task = task
         self.gone = False
-        self._watcher = asyncio.ensure_future(self._watch(receive))
+        self._receive = receive
+        self._watcher: asyncio.Future[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._begin)
 
-    async def _watch(self, receive: Receive) -> None:
-        while (await receive())["type"] != "http.disconnect":
+    def _begin(self) -> None:
+        self._watcher = asyncio.ensure_future(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
             pass
         self.gone = True
         self.task.cancel()
 
     def stop(self) -> None:
-        self._watcher.cancel()
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 class GatewayApp:

@@ -59,7 +59,7 @@ class ModelSpec(Strict):
     description: str | None = None
     tls: TlsSpec | None = Field(default=None, description="TLS to https:// backends: private CA, client cert (mTLS)")
     max_connections: PositiveInt = Field(
-        default=256, description="open connections per replica; a request waits health.timeouts.pool_wait_s for one"
+        default=4096, description="requests in flight per replica; one more waits health.timeouts.pool_wait_s"
     )
 
 

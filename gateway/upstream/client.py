@@ -66,7 +66,7 @@ class ConnectionSettings:
     """How connections to a replica are made and pooled (from its model's policy entry)."""
 
     tls: TlsSpec | None = None
-    max_connections: int = 256
+    max_connections: int = 4096
 
 
 @dataclass(frozen=True)
