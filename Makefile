@@ -77,6 +77,8 @@ clean-vllm:
 # benchmark with a line saying why.
 BENCH_SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BENCH_PIP_TIMEOUT ?= 300
+# Options for overhead.py, e.g. BENCH_ARGS="--before 54b5a87 --peers aiohttp-pass" (a change measured before and after).
+BENCH_ARGS ?=
 
 .PHONY: bench bench-tools bench-nginx bench-peers
 bench-tools:
@@ -102,7 +104,7 @@ bench-peers:
 		{ rm -rf .bench/vllm-router; echo "vllm-router: install failed or timed out; the benchmark skips it"; }
 
 bench: $(STAMP) bench-tools bench-nginx bench-peers
-	$(BIN)/python loadtests/overhead.py
+	$(BIN)/python loadtests/overhead.py $(BENCH_ARGS)
 
 # CI runs the benchmark's smoke test (tests/test_bench_smoke.py), which needs wrk.
 test: $(if $(CI),bench-tools)

@@ -25,20 +25,25 @@ Every path is pointed at the same upstream and driven by the same load, in the s
 * **Noise**: the machine is shared, and other jobs are not pinned away from its cores. A block during which
   processes outside the benchmark used more than ``NOISY_CORES`` of CPU is measured again (``--retries``, within
   ``--retry-budget-s`` for the run), the quietest attempt is kept, and blocks that stay noisy are listed.
+* **Revisions**: ``--before REF`` adds the path **gateway-before**, the gateway as of git ``REF`` (its tree
+  extracted into the run's temporary directory and run from there with this venv's Python, the same policy and
+  pinning), so a change is measured before and after in one run; ``--after REF`` runs **gateway** at ``REF`` too
+  instead of this checkout (the working tree, which may be changing while the run goes).
 * **Profile**: ``py-spy`` samples the gateway during one extra block at concurrency 64 (upstream at once); the
   top frames go into the JSON and the whole profile into ``overhead_profile.json`` (open it in speedscope.app);
   likewise during a streaming block at concurrency 16 (``overhead_profile_stream.json``).
 
 Run: ``make bench`` (installs wrk, nginx and the peers into ``.bench/`` when missing), or
-``.venv/bin/python loadtests/overhead.py [--quick] [--out DIR] [--no-peers]``. Results: ``overhead.json`` and
-``overhead.png`` in ``loadtests/results/``. Targets (from the issue) are checked and printed; missing one does not
-fail the run, it is a measurement.
+``.venv/bin/python loadtests/overhead.py [--quick] [--out DIR] [--no-peers | --peers NAME,...] [--before REF]``.
+Results: ``overhead.json`` and ``overhead.png`` in ``loadtests/results/``. Targets (from the issues) are checked
+and printed, for each gateway path; missing one does not fail the run, it is a measurement.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -56,7 +61,7 @@ import loadkit
 import uvloop
 from peers import load, processes, proxies, report
 from peers.processes import API_KEY, MODEL, Process
-from peers.report import NOISY_CORES, PATHS
+from peers.report import GATEWAYS, NOISY_CORES, PATHS
 from peers.upstream import MODES, NginxUpstream, SimUpstream
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -135,6 +140,10 @@ class Bench:
         self.script = load.wrk_script(run / "post.lua", BODIES, HEADERS)
         self.retry_s = 0.0
         """Seconds spent measuring noisy blocks again so far."""
+        self.sources: dict[str, Path] = {}
+        """The trees of the gateways run at a git ref (``--before``, ``--after``), by path name."""
+        self.gateways: dict[str, str] = {"gateway": f"this checkout, {loadkit.revision()}"}
+        """What each gateway path runs: this checkout, or ``REF (commit)``."""
 
     # --- setup --------------------------------------------------------------------------------------------------
 
@@ -149,10 +158,23 @@ class Bench:
             return SimUpstream(self.run, self.load_cpu)
         return NginxUpstream(self.run, self.load_cpu)
 
+    def check_out(self) -> None:
+        """Extract the tree of each gateway asked for at a git ref."""
+        for name, ref in (("gateway", self.args.after), ("gateway-before", self.args.before)):
+            if ref:
+                try:
+                    self.sources[name], commit = proxies.checkout(ref, self.run / f"tree-{name}")
+                except ValueError as exc:
+                    raise SystemExit(f"{name}: {exc}") from None
+                self.gateways[name] = f"{ref} ({commit})" if not commit.startswith(ref) else commit
+                print(f"{name}: {self.gateways[name]}", flush=True)
+
     def check_peers(self) -> None:
+        wanted = proxies.PEERS if self.args.peers is None else self.args.peers
         for name in proxies.PEERS:
-            if self.args.quick or self.args.no_peers:
-                self.peers[name] = {"status": "skipped", "why": "--quick" if self.args.quick else "--no-peers"}
+            if self.args.quick or self.args.no_peers or name not in wanted:
+                why = "--quick" if self.args.quick else "--no-peers" if self.args.no_peers else "not in --peers"
+                self.peers[name] = {"status": "skipped", "why": why}
                 continue
             version, why = proxies.peer_status(name)
             self.peers[name] = {"status": "ready", "version": version} if version else {"status": "skipped", "why": why}
@@ -171,7 +193,10 @@ class Bench:
         for name in names:
             if name in self.running:
                 continue
-            factory = proxies.gateway if name == "gateway" else proxies.PEERS[name]
+            if name in GATEWAYS:
+                factory = functools.partial(proxies.gateway, name=name, source=self.sources.get(name))
+            else:
+                factory = proxies.PEERS[name]
             run = self.run / f"{name}-{url.rsplit(':', 1)[1]}"
             run.mkdir(exist_ok=True)
             process = factory(url, run, self.proxy_cpu)
@@ -181,7 +206,7 @@ class Bench:
             try:
                 process.wait_ready()
             except processes.StartError as exc:
-                if process.name == "gateway":
+                if process.name in GATEWAYS:
                     raise
                 self.peers[process.name] = {"status": "skipped", "why": f"did not start: {exc}"}
                 print(f"peer {process.name}: skipped, it did not start:\n{exc}", flush=True)
@@ -210,7 +235,7 @@ class Bench:
         url = self.upstream.url(mode)
         print(f"\nphase {mode}: upstream {url}", flush=True)
         peers = [name for name, peer in self.peers.items() if peer["status"] in {"ready", "measured"}]
-        paths = self.start_targets(url, ["gateway", *peers])
+        paths = self.start_targets(url, [*self.gateways, *peers])
         if not self.args.quick:
             for path in paths:
                 self._warm_up(path, scenarios[0])
@@ -431,6 +456,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=int, default=2, help="seconds per block (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="blocks per path and scenario (default: %(default)s)")
     parser.add_argument("--no-peers", action="store_true", help="only the direct path and the gateway")
+    parser.add_argument(
+        "--peers",
+        type=lambda names: [n for n in names.split(",") if n],
+        help=f"the peers to measure, comma-separated (default: every one installed: {','.join(proxies.PEERS)})",
+    )
+    parser.add_argument("--before", metavar="REF", help="also measure the gateway as of git REF (gateway-before)")
+    parser.add_argument("--after", metavar="REF", help="measure the gateway as of git REF, not this checkout")
     parser.add_argument("--retries", type=int, default=2, help="times a noisy block is measured again (default: 2)")
     parser.add_argument(
         "--retry-budget-s",
@@ -447,6 +479,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="which upstream modes to run, comma-separated (default: %(default)s; targets not run are not measured)",
     )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.peers or ()) - set(proxies.PEERS))
+    if unknown:
+        parser.error(f"--peers: unknown {', '.join(unknown)} (known: {', '.join(proxies.PEERS)})")
     if args.quick:
         args.seconds, args.rounds, args.retries = 1, 1, 0
     return args
@@ -476,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     with tempfile.TemporaryDirectory(prefix="gw-overhead-") as tmp:
         bench = Bench(args, Path(tmp), cpus)
+        bench.check_out()
         bench.check_peers()
         bench.upstream.start()
         try:
@@ -509,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "settings": {"seconds": args.seconds, "rounds": args.rounds, "bodies": BODIES, "modes": MODES},
         "upstream": {"kind": bench.upstream.kind, "direct_c64_req_per_s": direct_c64, **floor},
+        "gateways": bench.gateways,
         "tracing": "no OTLP endpoint: the gateway creates no exporter, spans are no-ops",
         "peers": bench.peers,
         "results": results,
@@ -518,6 +555,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": 0.0,
     }
     data["targets"] = report.check_targets(results, ratios, scale, SCALE_STREAMS)
+    if "gateway-before" in bench.gateways:
+        data["ratios_before"] = report.peer_ratios(results, "gateway-before")
+        data["targets_before"] = report.check_targets(
+            results, data["ratios_before"], scale, SCALE_STREAMS, "gateway-before"
+        )
     data["wall_s"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     why_no_chart = report.chart(data, args.out / "overhead.png")

@@ -1,5 +1,6 @@
-"""The overhead benchmark still runs: ``loadtests/overhead.py --quick`` in a subprocess, writing to a temporary
-directory. Quick mode measures the direct path and the gateway only (no peers), against the simulator, for a few
+"""The overhead benchmark still runs: ``loadtests/overhead.py --quick --before HEAD`` in a subprocess, writing to a
+temporary directory. Quick mode measures the direct path and the gateway only (no peers), here with the gateway of
+the last commit next to it (``gateway-before``, run from an extracted tree), against the simulator, for a few
 seconds: its figures mean nothing, only the exit status and the shape of the results are checked, so the
 benchmark does not rot while the gateway changes under it (``make bench`` is the real run; it is too noisy for
 ``make test``).
@@ -38,7 +39,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
     require_wrk()
     out = tmp_path_factory.mktemp("bench")
     done = subprocess.run(
-        [sys.executable, str(ROOT / "loadtests" / "overhead.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "loadtests" / "overhead.py"), "--quick", "--before", "HEAD", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -57,17 +58,32 @@ def test_quick_run_measures_direct_and_gateway(quick_run: tuple[dict[str, Any], 
     assert set(data["results"]) == QUICK_SCENARIOS
     for key in QUICK_SCENARIOS:
         paths = data["results"][key]["paths"]
-        assert set(paths) == {"direct", "gateway"}
+        assert set(paths) == {"direct", "gateway", "gateway-before"}
         for summary in paths.values():
             assert SUMMARY_KEYS <= set(summary)
             assert summary["requests"] > 0
             assert summary["errors"] == 0, summary["error_kinds"]
-        assert {"added_p50_ms", "added_p99_ms"} <= set(paths["gateway"])
-        assert paths["gateway"]["cpu_ms_per_request"] > 0
+        for gateway in ("gateway", "gateway-before"):
+            assert {"added_p50_ms", "added_p99_ms"} <= set(paths[gateway])
+            assert paths[gateway]["cpu_ms_per_request"] > 0
     stream = data["results"]["stream-c16"]["paths"]["gateway"]
     assert {"total_p50_ms", "spread_p50_ms", "reads_p50"} <= set(stream)
     assert (out / "overhead.png").stat().st_size > 0
-    assert "targets:" in stdout
+    assert "targets, gateway:" in stdout
+    assert "targets, gateway-before:" in stdout
+
+
+@pytest.mark.slow
+def test_quick_run_measures_the_gateway_of_a_git_ref(quick_run: tuple[dict[str, Any], str, Path]) -> None:
+    data, _, _ = quick_run
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert data["gateways"]["gateway-before"] == f"HEAD ({head})"
+    assert data["gateways"]["gateway"].startswith("this checkout")
+    assert len(data["targets_before"]) == len(data["targets"])
+    stream = data["results"]["stream-c16"]["paths"]["gateway-before"]
+    assert stream["spread_p50_ms"] > 0
 
 
 @pytest.mark.slow
@@ -79,7 +95,7 @@ def test_quick_run_skips_peers_and_reports_every_target(quick_run: tuple[dict[st
         "vllm-router": "skipped",
         "aiohttp-pass": "skipped",
     }
-    assert data["ratios"] == {}
+    assert data["ratios"] == data["ratios_before"] == {}
     targets = data["targets"]
     assert len(targets) == 11
     for target in targets:

@@ -270,3 +270,20 @@ async def test_closing_the_client_closes_connections_in_use_too() -> None:
                 break
             await asyncio.sleep(0.01)
         assert script.disconnects == 1
+
+
+async def test_a_backend_cookie_is_never_sent_back_on_later_requests() -> None:
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            seen.append(await read_request(reader))
+            writer.write(json_answer(b"{}", extra=b"set-cookie: session=client-a; Path=/\r\n"))
+            await writer.drain()
+
+    async with scripted(handler) as (url, _, client):
+        named = url.replace("127.0.0.1", "localhost")  # a jar would keep cookies of a host name, not of an IP
+        for _ in range(2):
+            response = await client.post(named + "/v1/chat/completions", b"{}", {}, TIMEOUTS)
+            assert await response.read(LIMIT) == b"{}"
+    assert len(seen) == 2 and b"cookie" not in seen[1].lower().replace(b"set-cookie", b"")

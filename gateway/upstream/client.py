@@ -310,6 +310,7 @@ class UpstreamClient:
             connector=connector,
             timeout=aiohttp.ClientTimeout(),
             auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),  # a backend's Set-Cookie must never reach other clients' requests
             skip_auto_headers=("User-Agent",),
             headers={"accept-encoding": "identity"},
         )
@@ -337,9 +338,10 @@ class StrictConnector(aiohttp.TCPConnector):
     private ``_get`` (aiohttp is pinned below 4, and tests/test_transport_conformance.py covers it)."""
 
     async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
-        for protocol, _ in self._conns.get(key, ()):
-            if protocol.should_close:
-                protocol.close()  # no longer connected: the pool drops it
+        for protocol, _ in self._conns.get(key, ()):  # in the order aiohttp takes them: stop at the one it will
+            if not protocol.should_close:
+                break
+            protocol.close()  # no longer connected: the pool drops it
         return await super()._get(key, traces)
 
 

@@ -80,6 +80,7 @@ class Process:
         cpu: int | None,
         env: dict[str, str] | None = None,
         start_timeout_s: float = 60.0,
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -89,6 +90,7 @@ class Process:
         self.cpu = cpu
         self.env = env
         self.start_timeout_s = start_timeout_s
+        self.cwd = cwd
         self.started_s = 0.0
         self._launched = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -112,7 +114,7 @@ class Process:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.cwd,
                 env=_environment(self.env or {}),
                 start_new_session=True,
             )

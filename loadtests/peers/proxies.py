@@ -7,27 +7,50 @@ Each factory takes the upstream's base URL, a scratch directory and the core to 
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from peers.processes import BENCH, HOST, PEERS_DIR, ROOT, Process, fill, free_port, nginx_binary
 
 
-def gateway(upstream: str, run: Path, cpu: int | None) -> Process:
+def gateway(upstream: str, run: Path, cpu: int | None, name: str = "gateway", source: Path | None = None) -> Process:
+    """The gateway of this checkout, or (``source``) the one of another tree: run from that tree with it first on
+    ``PYTHONPATH``, so its ``gateway`` package is imported instead of the one installed in the venv."""
     policy = run / "gateway-policy.yaml"
     policy.write_text(fill((PEERS_DIR / "gateway-policy.yaml").read_text(), upstream=upstream), encoding="utf-8")
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--host", HOST, "--port", str(port)]
     url = f"http://{HOST}:{port}"
     return Process(
-        "gateway",
+        name,
         [*argv, "--log-level", "warning"],
         ready_url=url + "/readyz",
         url=url,
-        log=run / "gateway.log",
+        log=run / f"{name}.log",
         cpu=cpu,
+        env={"PYTHONPATH": str(source)} if source else None,
+        cwd=source or ROOT,
     )
+
+
+def checkout(ref: str, into: Path) -> tuple[Path, str]:
+    """The tree of git ``ref`` extracted into ``into`` (``git archive``: unlike a worktree or a checkout it leaves
+    the repository's state alone, other people work in it), and the commit it names."""
+    commit = _git("rev-parse", "--verify", "--short", f"{ref}^{{commit}}").decode().strip()
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(_git("archive", "--format=tar", commit)), mode="r:") as tar:
+        tar.extractall(into, filter="data")
+    return into, commit
+
+
+def _git(*args: str) -> bytes:
+    done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise ValueError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
+    return done.stdout
 
 
 def nginx_proxy(upstream: str, run: Path, cpu: int | None) -> Process:
