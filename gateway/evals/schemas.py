@@ -53,7 +53,7 @@ class SchemaCache:
 
     def budget(self) -> CheckBudget:
         """A fresh budget for one evaluation, to share between its checks (e.g. every tool call of one answer)."""
-        return CheckBudget(time.monotonic() + self.budget_s, self.regex_steps)
+        return CheckBudget(time.thread_time() + self.budget_s, self.regex_steps)
 
     @staticmethod
     def _build(canonical: str) -> tuple[Any, str | None]:

@@ -24,15 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
-import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 import aiohttp
-from aiohttp.client_reqrep import ConnectionKey
-from aiohttp.connector import Connection
-from aiohttp.tracing import Trace
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -45,9 +40,8 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.policy.schema import TlsSpec
+from gateway.upstream.connector import StrictConnector, ssl_context
 from gateway.upstream.sse import SseDecoder
-
-log = logging.getLogger("gateway.upstream")
 
 KEEPALIVE_S = 4.0
 """Idle connections are closed after this, just under the 5 s after which vLLM's uvicorn closes them itself: a POST
@@ -304,7 +298,7 @@ class UpstreamClient:
             limit=0,
             limit_per_host=settings.max_connections,
             keepalive_timeout=KEEPALIVE_S,
-            ssl=_ssl_context(settings.tls),
+            ssl=ssl_context(settings.tls),
         )
         session = aiohttp.ClientSession(
             connector=connector,
@@ -331,20 +325,6 @@ class UpstreamClient:
         return parsed
 
 
-class StrictConnector(aiohttp.TCPConnector):
-    """aiohttp's connector, except that an idle pooled connection on which the backend sent bytes while nobody was
-    asking (a second answer after the first, say) is closed rather than handed to the next request, which would
-    read those bytes as its own answer. aiohttp reuses any idle connection that is still open; this hooks its
-    private ``_get`` (aiohttp is pinned below 4, and tests/test_transport_conformance.py covers it)."""
-
-    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
-        for protocol, _ in self._conns.get(key, ()):  # in the order aiohttp takes them: stop at the one it will
-            if not protocol.should_close:
-                break
-            protocol.close()  # no longer connected: the pool drops it
-        return await super()._get(key, traces)
-
-
 async def _drain(response: aiohttp.ClientResponse) -> None:
     try:
         async with asyncio.timeout(DRAIN_S):
@@ -361,29 +341,6 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
     except asyncio.CancelledError:
         response.close()
         raise
-
-
-def _ssl_context(tls: TlsSpec | None) -> ssl.SSLContext | bool:
-    """TLS for ``https://`` backends: the system's CAs and host-name checks unless the policy says otherwise."""
-    if tls is None:
-        return True
-    try:
-        return _load_tls(tls)
-    except (OSError, ssl.SSLError) as exc:
-        log.error("TLS settings %s cannot be used: %s", tls, exc)
-        raise UpstreamConnectError("the model's TLS files cannot be used (see the gateway's log)") from None
-
-
-def _load_tls(tls: TlsSpec) -> ssl.SSLContext:
-    if not tls.verify:
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    else:
-        context = ssl.create_default_context(cafile=tls.ca_file)
-    if tls.cert_file is not None:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    return context
 
 
 def _reason(exc: aiohttp.ClientConnectorError) -> str:
