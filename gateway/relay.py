@@ -10,6 +10,7 @@ transport enforces it on every read).
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError
@@ -19,9 +20,8 @@ from gateway.wire import SSE_DONE, error_body, sse_event
 DONE = b"[DONE]"
 
 
-def _rewrite(ctx: RequestContext, payload: bytes, model: str) -> bytes | None:
-    """The SSE frame to send for one upstream payload, or None to drop it (an unrequested usage chunk)."""
-    chunk = parse_chunk(payload)
+def _rewrite(ctx: RequestContext, chunk: dict[str, Any], model: str) -> bytes | None:
+    """The SSE frame to send for one upstream chunk, or None to drop it (an unrequested usage chunk)."""
     if ctx.assembler is not None:
         ctx.assembler.add(chunk)
     choices = chunk.get("choices")
@@ -44,22 +44,25 @@ def _rewrite(ctx: RequestContext, payload: bytes, model: str) -> bytes | None:
 async def relay_stream(ctx: RequestContext, answer: Answer, on_done: Callable[[], None]) -> AsyncGenerator[bytes, None]:
     """Yield SSE frames for the client; the attempt ends and ``on_done`` runs once however the stream ends (a
     client that went away included)."""
-    assert answer.first_event is not None and answer.events is not None
+    assert answer.first_chunk is not None and answer.events is not None
     error: UpstreamError | None = None
     finished = False
     try:
-        payload: bytes | None = answer.first_event
+        chunk = answer.first_chunk  # parsed once, when the attempt accepted it
         events = answer.events
-        while payload is not None:
+        while True:
+            frame = _rewrite(ctx, chunk, answer.model)
+            if frame is not None:
+                yield frame
+            payload = await anext(events, None)
+            if payload is None:
+                break
             if payload == DONE:
                 yield SSE_DONE
                 finished = True
                 break
-            frame = _rewrite(ctx, payload, answer.model)
-            if frame is not None:
-                yield frame
-            payload = await anext(events, None)
-        else:
+            chunk = parse_chunk(payload)
+        if not finished:
             raise UpstreamError("the backend ended the stream before it was complete")
     except UpstreamError as exc:
         error = exc

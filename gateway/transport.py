@@ -76,7 +76,7 @@ class Answer:
     model: str
     attempt: Attempt
     body: bytes | None = None
-    first_event: bytes | None = None
+    first_chunk: dict[str, Any] | None = None
     events: AsyncIterator[bytes] | None = None
     response: UpstreamResponse | None = None
 
@@ -154,14 +154,14 @@ async def single_attempt(
             first = await anext(events)
             if first == b"[DONE]":
                 raise UpstreamBadAnswer("the backend ended the stream before its first chunk")
-            parse_chunk(first)
+            first_chunk = parse_chunk(first)
         except StopAsyncIteration:
             response.close()
             raise UpstreamBadAnswer("the backend closed the stream before its first event") from None
         except BaseException:
             response.close()
             raise
-        return Answer(backend.model, attempt, first_event=first, events=events, response=response)
+        return Answer(backend.model, attempt, first_chunk=first_chunk, events=events, response=response)
     except UpstreamError as exc:
         exc.backend = exc.backend or backend.url
         raise

@@ -52,3 +52,16 @@ ROLLOUT_SIMS = {
     "merged_a": ["merged-v1"],
     "merged_b": ["merged-v1"],
 }
+
+
+ONE_MODEL_POLICY = """
+version: 1
+public_models: [assistant]
+models:
+  tiny: {kind: source, backends: ["${sim}"]}
+cohorts:
+  - {name: chat, default: true}
+routes:
+  chat: {target: tiny}
+"""
+"""One model, ``tiny``, on the simulator ``sim``, serving every request (public name ``assistant``)."""

@@ -17,17 +17,9 @@ import httpx
 import pytest
 
 from tests.harness import Stack
+from tests.policies import ONE_MODEL_POLICY
 
-POLICY = """
-version: 1
-public_models: [assistant]
-models:
-  tiny: {kind: source, backends: ["${sim}"]}
-cohorts:
-  - {name: chat, default: true}
-routes:
-  chat: {target: tiny}
-"""
+POLICY = ONE_MODEL_POLICY
 TOKEN = "hostile-eval-token"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 STALLS_RE = "^(a|aa)+$|!$"  # `re` tries every way to split the a's before it reaches the '!' alternative

@@ -11,19 +11,11 @@ import httpx
 import pytest
 
 from tests.harness import Stack
+from tests.policies import ONE_MODEL_POLICY
 
 ALICE, BOB, CAROL = "sk-alice-1", "sk-bob-2", "sk-carol-3"
 TOKEN = "feedback-admin-token"
-MODELS = """
-version: 1
-public_models: [assistant]
-models:
-  tiny: {kind: source, backends: ["${sim}"]}
-cohorts:
-  - {name: chat, default: true}
-routes:
-  chat: {target: tiny}
-"""
+MODELS = ONE_MODEL_POLICY
 
 
 def digest(key: str) -> str:
