@@ -8,6 +8,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import uvicorn
 import uvloop
 
 from gateway.api.server import ConnectionLimits, ListenError, listen, server_config
+from gateway.fleet import StateUrlError, open_state
 from gateway.policy import PolicyError, load_policy
 from gateway.promote.options import add_eval_arguments
 
@@ -34,6 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", help="debug, info, warning, error (default %(default)s)")
     serve.add_argument("--admin-port", type=int, help="serve /admin/* on this port only (not on --port)")
     serve.add_argument("--no-watch", action="store_true", help="do not reload when the policy file changes")
+    serve.add_argument(
+        "--state",
+        default=os.environ.get("GATEWAY_STATE_URL", "memory://"),
+        metavar="URL",
+        help="fleet state shared by gateway instances: memory:// (this process only; the default) or "
+        "redis://[:password@]host:port/db, rediss:// for TLS, ?prefix=NAME (env GATEWAY_STATE_URL)",
+    )
     defaults = ConnectionLimits()
     serve.add_argument(
         "--max-connections",
@@ -110,11 +119,16 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     try:
+        state = open_state(args.state)
+    except StateUrlError as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    try:
         listeners = _listen(args)
     except ListenError as exc:
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 1
-    gateway = Gateway(policy, watch_policy=not args.no_watch)
+    gateway = Gateway(policy, watch_policy=not args.no_watch, state=state)
     limits = ConnectionLimits(args.max_connections, args.header_timeout_s, args.keepalive_s)
     level = args.log_level.lower()
     api = create_app(gateway, admin=args.admin_port is None)

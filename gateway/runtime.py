@@ -15,10 +15,10 @@ from pathlib import Path
 
 from gateway.evals.gates import Transition
 from gateway.evals.recorder import EvalRecorder
+from gateway.fleet import FleetState
 from gateway.mirror import ShadowDispatcher
 from gateway.policy.loader import LoadedPolicy
 from gateway.policy.schema import PolicySpec
-from gateway.ratelimit import RateLimiter
 from gateway.reload import PolicyReloader
 from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
@@ -45,6 +45,7 @@ class Gateway:
         run_health_checks: bool = True,
         tracing: Tracing | None = None,
         watch_policy: bool = True,
+        state: FleetState | None = None,
     ) -> None:
         self.watch_policy = watch_policy
         self.reloader = PolicyReloader(
@@ -54,7 +55,8 @@ class Gateway:
             count=lambda outcome: self.metrics.policy_reloads.labels(outcome).inc(),
         )
         self.tracing = tracing or Tracing()
-        self.limiter = RateLimiter(clock)
+        self.fleet = state or FleetState(clock=clock)
+        self.limiter = self.fleet.limiter()
         self.run_health_checks = run_health_checks
         self.snapshot = PolicySnapshot.build(policy, rng)
         self.metrics = GatewayMetrics()
@@ -66,6 +68,7 @@ class Gateway:
         self._clock = clock
         self.health = HealthChecker(lambda: self.registry, self.client, lambda: self.snapshot.policy.spec.health)
         self.recorder = EvalRecorder(policy.spec.evals, self.metrics, clock, self._gate_transition)
+        self.fleet.attach(self.recorder, lambda: (self.snapshot.policy.spec, self.snapshot.version), self.metrics)
         self.shadows = ShadowDispatcher(
             self.client, lambda: self.registry, lambda: self.recorder, self.metrics, self.tracing
         )
@@ -79,6 +82,7 @@ class Gateway:
         log.info("policy %s loaded from %s", self.snapshot.version, self.snapshot.policy.path)
         if self.run_health_checks:
             self.health.start()
+        await self.fleet.start()
         self.reloader.start(watch=self.watch_policy and Path(self.snapshot.policy.path).exists())
 
     async def apply_policy(self, policy: LoadedPolicy) -> None:
@@ -94,6 +98,7 @@ class Gateway:
     async def close(self) -> None:
         await self.reloader.stop()
         await self.health.stop()
+        await self.fleet.close()
         await self.shadows.close()
         self.tracing.shutdown()
         await self.client.close()
@@ -138,13 +143,16 @@ class Gateway:
         name = "eval_gate_tripped" if transition.tripped else "eval_gate_reset"
         attributes = {"gateway.model": transition.model, "gateway.cohort": transition.cohort}
         attributes.update({"gateway.gate.mode": transition.mode, "gateway.gate.reason": transition.reason})
+        attributes["gateway.gate.via"] = transition.via
         self.tracing.event_span(name, attributes)
 
     def state(self) -> dict[str, object]:
-        """What ``GET /admin/state`` shows: backends (health, breakers), eval windows and gates, mirroring."""
+        """What ``GET /admin/state`` shows: backends (health, breakers), eval windows and gates, mirroring, and the
+        fleet (the state store, this instance, the live instances)."""
         return {
             "policy_version": self.snapshot.version,
             "backends": [b.snapshot() for b in self.registry.all_backends()],
             "evals": self.recorder.snapshot(),
             "mirror": self.shadows.snapshot(),
+            "fleet": self.fleet.snapshot(),
         }

@@ -101,7 +101,8 @@ async def push_evals(request: Request) -> Response:
         batches.append((model, cohort, evaluator, counts[0], counts[1]))
     for model, cohort, evaluator, passed, failed in batches:  # all validated first: a bad item changes nothing
         gateway.recorder.push(model, cohort, evaluator, passed, failed)
-    return JSONResponse({"accepted": len(batches), "gates": gateway.recorder.gates.snapshot()})
+    shared = await gateway.fleet.flush()
+    return JSONResponse({"accepted": len(batches), "shared": shared, "gates": gateway.recorder.gates.snapshot()})
 
 
 @router.post("/gates/{model}/{cohort}")
@@ -116,7 +117,9 @@ async def set_gate(request: Request, model: str, cohort: str) -> Response:
         state = gateway.recorder.gates.reset(model, cohort)
     else:
         raise InvalidRequest("'action' must be 'trip' or 'reset'", param="action")
-    return JSONResponse({"model": model, "cohort": cohort, "tripped": state.tripped, "reason": state.reason})
+    shared = await gateway.fleet.flush()  # False: Redis is down; the action holds here and is sent when it returns
+    body = {"model": model, "cohort": cohort, "tripped": state.tripped, "reason": state.reason, "shared": shared}
+    return JSONResponse(body)
 
 
 @router.get("/policy")

@@ -1,7 +1,8 @@
 """``POST /v1/feedback``: a user's score of an earlier answer, counted as the ``user_feedback`` evaluator.
 
 With ``keys`` in the policy, feedback is authenticated and rate-limited like any other request, and a key scores
-only requests it made itself (another key's request id is answered exactly like an unknown one).
+only requests it made itself (another key's request id is answered exactly like an unknown one). With fleet state
+in Redis, a request answered by any instance can be scored through any instance, once.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ async def feedback(request: Request) -> Response:
         raise InvalidRequest("'request_id' must be the x-request-id of an earlier answer", param="request_id")
     if not isinstance(score, int | float) or isinstance(score, bool) or not -1 <= score <= 1:
         raise InvalidRequest("'score' must be a number in -1..1", param="score")
-    answered = gateway.recorder.feedback_score(request_id, float(score), key.name if key is not None else None)
+    answered = await gateway.fleet.claim_feedback(request_id, key.name if key is not None else None)
+    gateway.recorder.feedback_score(answered, float(score))
     return JSONResponse(
         {"request_id": request_id, "model": answered.model, "cohort": answered.cohort, "counted_as": _verdict(score)}
     )

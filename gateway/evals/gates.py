@@ -9,6 +9,10 @@ it again right after it reset. A tripped gate in ``enforce`` mode makes the plan
 only (fallback reason ``eval``); in ``observe`` mode it is only reported. Tripped models keep receiving shadow
 copies (``probe_sample``) so their windows keep filling and they can recover. A gate tripped by hand stays tripped
 until reset by hand. State is keyed by (model, cohort), so it survives a policy reload while both still exist.
+
+With fleet state (:mod:`gateway.fleet`), ``on_change`` hands every decision to the sync, which writes it to the
+fleet if nobody changed the gate since the ``version`` this instance decided on (else the fleet's state wins), and
+:meth:`adopt` applies the fleet's state here.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class GateState:
     baseline: dict[str, int] = field(default_factory=dict)  # outcomes each window had seen at the last transition
     tripped_by: str = ""  # the evaluator whose fail rate tripped it; it must recover before the gate resets
     transitions: int = 0
+    version: int = 0  # the fleet's version of this state that the local one derives from (0: never shared)
 
 
 @dataclass(frozen=True)
@@ -45,6 +50,7 @@ class Transition:
     tripped: bool
     reason: str
     mode: str
+    via: str = "local"  # "fleet": another instance decided it (or an operator, through another instance)
 
 
 class EvalGates:
@@ -54,8 +60,10 @@ class EvalGates:
         windows: EvalWindows,
         clock: Callable[[], float] = time.monotonic,
         on_transition: Callable[[Transition], None] = lambda t: None,
+        on_change: Callable[[GateState, bool], None] | None = None,
     ) -> None:
         self.spec = spec
+        self.on_change = on_change  # (state, by_hand): a decision to share with the fleet
         self._windows = windows
         self._clock = clock
         self._on_transition = on_transition
@@ -129,16 +137,35 @@ class EvalGates:
         state = self.state(model, cohort)
         state.manual = True
         gate = self.spec.gate_for(model, cohort)
-        self._set(state, gate, tripped=True, reason=reason)
+        self._set(state, gate, tripped=True, reason=reason, by_hand=True)
         return state
 
     def reset(self, model: str, cohort: str, reason: str = "reset by hand") -> GateState:
         state = self.state(model, cohort)
         state.manual = False
-        self._set(state, self.spec.gate_for(model, cohort), tripped=False, reason=reason)
+        self._set(state, self.spec.gate_for(model, cohort), tripped=False, reason=reason, by_hand=True)
         return state
 
-    def _set(self, state: GateState, gate: GateSpec | None, *, tripped: bool, reason: str) -> None:
+    def states(self) -> list[GateState]:
+        return list(self._states.values())
+
+    def adopt(self, shared: GateState) -> None:
+        """Make the fleet's state of a gate this instance's (a transition when its verdict differs)."""
+        gate = self.spec.gate_for(shared.model, shared.cohort)
+        if gate is None:
+            return
+        state = self.state(shared.model, shared.cohort)
+        changed = state.tripped != shared.tripped
+        state.tripped, state.manual, state.reason = shared.tripped, shared.manual, shared.reason
+        state.baseline, state.tripped_by, state.version = dict(shared.baseline), shared.tripped_by, shared.version
+        state.transitions = max(state.transitions, shared.transitions)
+        if changed:
+            state.since = self._clock()
+            self._announce(state, gate, "fleet")
+
+    def _set(
+        self, state: GateState, gate: GateSpec | None, *, tripped: bool, reason: str, by_hand: bool = False
+    ) -> None:
         changed = state.tripped != tripped
         state.tripped, state.reason, state.since = tripped, reason, self._clock()
         state.baseline = {
@@ -146,14 +173,19 @@ class EvalGates:
             for e in (gate.evaluators if gate else ())
             if (w := self._windows.get((state.model, state.cohort, e))) is not None
         }
-        if not changed:
-            return
-        state.transitions += 1
+        if changed:
+            state.transitions += 1
+        if self.on_change is not None:
+            self.on_change(state, by_hand)
+        if changed:
+            self._announce(state, gate, "local")
+
+    def _announce(self, state: GateState, gate: GateSpec | None, via: str) -> None:
         mode = gate.mode if gate else "enforce"
-        event = {"event": "eval_gate_" + ("tripped" if tripped else "reset"), "model": state.model}
-        event.update(cohort=state.cohort, mode=mode, reason=reason)
+        event = {"event": "eval_gate_" + ("tripped" if state.tripped else "reset"), "model": state.model}
+        event.update(cohort=state.cohort, mode=mode, reason=state.reason, via=via)
         log.warning("%s", json.dumps(event))
-        self._on_transition(Transition(state.model, state.cohort, tripped, reason, mode))
+        self._on_transition(Transition(state.model, state.cohort, state.tripped, state.reason, mode, via))
 
     def snapshot(self) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []

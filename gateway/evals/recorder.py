@@ -34,7 +34,7 @@ class EvalRecorder:
         self.metrics = metrics
         self.windows = EvalWindows(spec.window.size, spec.window.max_age_s, clock)
         self.gates = EvalGates(spec, self.windows, clock, self._transition)
-        self.feedback = FeedbackCache(spec.feedback_cache_size)
+        self.feedback = FeedbackCache(spec.feedback_cache_size, spec.feedback_ttl_s, clock)
         self._on_transition = on_transition
         self._evaluators: dict[str, tuple[str, ...]] = {}
 
@@ -43,7 +43,7 @@ class EvalRecorder:
         self.windows.resize(spec.window.size, spec.window.max_age_s)
         self.windows.drop_unknown(models, cohorts)
         self.gates.reconfigure(spec)
-        self.feedback.capacity = spec.feedback_cache_size
+        self.feedback.capacity, self.feedback.ttl_s = spec.feedback_cache_size, spec.feedback_ttl_s
         self._evaluators.clear()
         _settings.cache_clear()
 
@@ -88,13 +88,10 @@ class EvalRecorder:
             self._record(model, cohort, evaluator, failed_now, source)
         self.gates.observe(model, cohort)
 
-    def feedback_score(self, request_id: str, score: float, key: str | None) -> AnsweredRequest:
-        """Count ``key``'s score of its own request ``request_id``, once; raises :class:`UnknownRequest` for an id
-        this key cannot score and :class:`FeedbackAlreadyRecorded` for a second score."""
-        answered = self.feedback.claim(request_id, key)
+    def feedback_score(self, answered: AnsweredRequest, score: float) -> None:
+        """Count a score of an answer claimed through :meth:`FleetState.claim_feedback` (once per request id)."""
         self._record(answered.model, answered.cohort, FEEDBACK, score < 0, "feedback")
         self.gates.observe(answered.model, answered.cohort)
-        return answered
 
     def _record(self, model: str, cohort: str, evaluator: str, failed: bool, source: str) -> None:
         window = self.windows.record((model, cohort, evaluator), failed)

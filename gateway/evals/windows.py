@@ -3,6 +3,10 @@
 Outcomes arrive from four sources (online evaluators on primary answers, the same evaluators on shadow answers,
 pushed offline results, user feedback); the window does not care which, so a gate sees one fail rate. Each window
 also counts every outcome it ever saw, so a gate can ask for the fail rate over the outcomes *since* it tripped.
+
+With fleet state (:mod:`gateway.fleet`), ``on_record`` hands every new outcome to the sync, and :meth:`replace`
+puts the fleet's window (every instance's outcomes) in place of the local one, with this instance's outcomes not
+yet sent appended: the gates then judge the fleet's evidence with the same code.
 """
 
 from __future__ import annotations
@@ -56,9 +60,16 @@ class EvalWindow:
 
 
 class EvalWindows:
-    def __init__(self, size: int, max_age_s: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        size: int,
+        max_age_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_record: Callable[[Key, bool], None] | None = None,
+    ) -> None:
         self.size = size
         self.max_age_s = max_age_s
+        self.on_record = on_record
         self._clock = clock
         self._windows: dict[Key, EvalWindow] = {}
 
@@ -76,7 +87,24 @@ class EvalWindows:
         now = self._clock()
         window.add(failed, now)
         window.prune(now)
+        if self.on_record is not None:
+            self.on_record(key, failed)
         return window
+
+    def replace(self, key: Key, outcomes: list[tuple[float, bool]], seen: int) -> EvalWindow:
+        """Put ``outcomes`` (oldest first, ``(age_s, failed)``) and the count ``seen`` in place of the window."""
+        now = self._clock()
+        window = self._windows.get(key)
+        if window is None:
+            window = self._windows[key] = EvalWindow(self.size, self.max_age_s)
+        window.outcomes = deque((now - age, failed) for age, failed in outcomes[-self.size :])
+        window.failed = sum(1 for _, failed in window.outcomes if failed)
+        window.seen = seen
+        window.prune(now)
+        return window
+
+    def keys(self) -> list[Key]:
+        return list(self._windows)
 
     def get(self, key: Key) -> EvalWindow | None:
         window = self._windows.get(key)

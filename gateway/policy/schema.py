@@ -265,6 +265,9 @@ class EvalsSpec(Strict):
     gates: list[GateSpec] = Field(default_factory=list)
     promotion: PromotionSpec | None = None
     feedback_cache_size: PositiveInt = Field(default=100_000, description="request ids remembered for feedback")
+    feedback_ttl_s: PositiveFloat = Field(
+        default=86_400, le=30 * 86_400, description="how long an answer may be scored through POST /v1/feedback"
+    )
     _gate_by_pair: dict[tuple[str, str], GateSpec | None] = PrivateAttr(default_factory=dict)
 
     def gate_for(self, model: str, cohort: str) -> GateSpec | None:

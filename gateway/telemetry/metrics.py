@@ -140,6 +140,15 @@ class GatewayMetrics:
         )
         self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)
         self.policy_reloads = Counter(p + "policy_reloads", "Policy loads by outcome.", ["outcome"], registry=r)
+        self.state_backend_up = Gauge(
+            p + "state_backend_up", "1 while the fleet state store (memory, or Redis) is reachable.", registry=r
+        ).only
+        self.state_errors = Counter(
+            p + "state_errors_total", "Failed operations on the fleet state store, by operation.", ["op"], registry=r
+        )
+        self.state_sync_age = Gauge(
+            p + "state_sync_age_seconds", "Seconds since this instance last synced with the fleet state.", registry=r
+        ).only
 
     def upstream_failure(self, model: str, backend: str, reason: str) -> None:
         self.upstream_failures.labels(model, backend, reason).inc()

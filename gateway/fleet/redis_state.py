@@ -1,0 +1,307 @@
+"""RedisFleetState: fleet state in Redis (or Valkey), synced in the background, never on the request path.
+
+Every ``sync_s`` (0.5 s by default) an instance runs one sync of two pipelined round trips: it sends what changed
+here (eval outcomes, gate decisions, answered requests for feedback, what each rate-limited key took, a heartbeat)
+and reads what the fleet has (window counters, gate states, bucket levels, live instances, documents), then reads
+the windows that other instances changed. So a shared figure is at most about two syncs old (1 s by default, plus
+one Redis round trip): a gate tripped by one instance's evidence routes every instance within 2 s.
+
+When Redis is slow, stalled or gone, a sync fails after ``timeout_s``: the instance logs the outage once, sets
+``llm_gateway_state_backend_up`` to 0, keeps serving on its local state and keeps what it has to send for the
+next sync; when Redis answers again it logs once more and merges (see :mod:`gateway.fleet.evidence` for gates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.evals.feedback import AnsweredRequest, FeedbackAlreadyRecorded
+from gateway.evals.recorder import EvalRecorder
+from gateway.fleet import scripts
+from gateway.fleet.evidence import EvidenceSync, Handler
+from gateway.fleet.limits import FleetRateLimiter
+from gateway.fleet.state import FleetState
+from gateway.fleet.url import StateUrl
+from gateway.policy.schema import PolicySpec
+from gateway.ratelimit import RateLimiter
+from gateway.telemetry.metrics import GatewayMetrics
+
+log = logging.getLogger("gateway.fleet")
+
+FORGET_INSTANCE_S = 600.0
+"""An instance that sent no heartbeat for this long is removed from the list."""
+
+
+@dataclass(frozen=True)
+class InstanceSeen:
+    id: str
+    policy_version: str | None
+    last_seen_s: float
+
+
+class RedisFleetState(FleetState):
+    backend = "redis"
+
+    def __init__(self, url: StateUrl, instance: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(instance, clock)
+        self.url = url
+        self.live_s = max(5.0, 4 * url.sync_s)  # a heartbeat younger than this counts as a live instance
+        self._redis = aioredis.Redis.from_url(
+            url.redis_url,
+            socket_timeout=url.timeout_s,
+            socket_connect_timeout=url.timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._gate_write = self._redis.register_script(scripts.GATE_WRITE)
+        self._buckets = self._redis.register_script(scripts.BUCKETS)
+        self._claim = self._redis.register_script(scripts.FEEDBACK_CLAIM)
+        self._lease = self._redis.register_script(scripts.LEASE)
+        self._limiter = FleetRateLimiter(clock)
+        self._evidence: EvidenceSync | None = None
+        self._connected = False
+        self._outage_since: float | None = None
+        self._synced_at: float | None = None
+        self._instances: list[InstanceSeen] = []
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._forgetting: asyncio.Task[None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
+    def attach(
+        self, recorder: EvalRecorder, policy: Callable[[], tuple[PolicySpec, str]], metrics: GatewayMetrics
+    ) -> None:
+        super().attach(recorder, policy, metrics)
+        metrics.state_backend_up.set(0)
+        self._evidence = EvidenceSync(recorder, self.url.prefix, lambda: policy()[0])
+
+    async def start(self) -> None:
+        """One sync before serving (bounded by ``timeout_s``), so a new instance starts with the fleet's gates;
+        then the background loop."""
+        await self.flush()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="fleet-state-sync")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), self.url.timeout_s)  # what this instance still had to send
+        await self._redis.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.url.sync_s)
+            await self.flush()
+            if self._metrics is not None:
+                self._metrics.state_sync_age.set(self.sync_age_s())
+
+    async def flush(self) -> bool:
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.url.timeout_s * 2):
+                    await self._sync()
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._down(exc)
+                return False
+            self._up()
+            return True
+
+    async def _sync(self) -> None:
+        assert self._evidence is not None and self._policy is not None
+        spec, version = self._policy()
+        p, now = self.url.prefix, time.time()
+        got: dict[str, Any] = {}
+
+        def keep(name: str) -> Handler:
+            return lambda value: got.__setitem__(name, value)
+
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.scripts.update((self._gate_write, self._buckets))  # type: ignore[arg-type]  # reloaded after a restart
+        handlers, undo = self._evidence.push(pipe, self._gate_write)
+        pipe.zadd(f"{p}:instances", {self.instance: now})
+        pipe.hset(f"{p}:instance-info", self.instance, json.dumps({"policy_version": version}))
+        handlers += [None, None]
+        keys = spec.keys or {}
+        limits = [(name, key.rate_limit) for name, key in keys.items() if key.rate_limit is not None]
+        buckets = self._limiter.prepare(limits)
+        if buckets:
+            names = [f"{p}:rl:{json.dumps([key, kind])}" for key, kind, _, _ in buckets]
+            args = [x for _, _, per_minute, used in buckets for x in (per_minute, used)]
+            pipe.evalsha(self._buckets.sha, len(names), *names, *args)
+            handlers.append(keep("levels"))
+        handlers += self._evidence.pull(pipe)
+        pipe.zrange(f"{p}:instances", 0, -1, withscores=True)
+        pipe.hgetall(f"{p}:instance-info")
+        pipe.hgetall(f"{p}:documents")
+        handlers += [keep("instances"), keep("info"), keep("documents")]
+        try:
+            results = await pipe.execute()
+        except BaseException:
+            undo()
+            self._limiter.unsent()
+            raise
+        for handler, result in zip(handlers, results, strict=True):
+            if handler is not None:
+                handler(result)
+        live = self._heartbeats(got["instances"], got["info"], now)
+        if buckets:
+            levels = {
+                (key, kind): float(level) for (key, kind, _, _), level in zip(buckets, got["levels"], strict=True)
+            }
+            self._limiter.settle(levels, live)
+        self._documents = {k.decode(): _json_object(v) for k, v in got["documents"].items()}
+        reads = self._redis.pipeline(transaction=False)
+        changed = self._evidence.changed_windows(reads)
+        if changed:
+            self._evidence.apply_windows(changed, await reads.execute())
+
+    def _heartbeats(self, ranked: list[tuple[bytes, float]], info: dict[bytes, bytes], now: float) -> int:
+        """Keep the list of instances; returns how many are live (this one included)."""
+        instances, stale = [], []
+        for raw, seen in ranked:
+            ident = raw.decode(errors="replace")
+            age = max(0.0, now - seen)
+            if age > FORGET_INSTANCE_S:
+                stale.append(ident)
+                continue
+            version = _json_object(info.get(raw)).get("policy_version")
+            instances.append(InstanceSeen(ident, str(version) if version is not None else None, age))
+        self._instances = instances
+        if stale:
+            self._forgetting = asyncio.get_running_loop().create_task(self._forget(stale))
+        return max(1, sum(1 for i in instances if i.last_seen_s <= self.live_s))
+
+    async def _forget(self, stale: list[str]) -> None:
+        p = self.url.prefix
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(self.url.timeout_s):
+                await self._redis.zrem(f"{p}:instances", *stale)
+                await self._redis.hdel(f"{p}:instance-info", *stale)
+
+    def _count_error(self, op: str) -> None:
+        if self._metrics is not None:
+            self._metrics.state_errors.labels(op).inc()
+
+    def _down(self, exc: BaseException) -> None:
+        assert self._metrics is not None
+        self._count_error("sync")
+        self._metrics.state_backend_up.set(0)
+        if self._outage_since is None:
+            self._outage_since = time.monotonic()
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.warning(
+                "fleet state: Redis at %s unreachable (%s); serving on this instance's state until it returns",
+                self.url.shown,
+                reason,
+            )
+        self._connected = False
+
+    def _up(self) -> None:
+        assert self._metrics is not None
+        self._metrics.state_backend_up.set(1)
+        self._synced_at = time.monotonic()
+        self._metrics.state_sync_age.set(0)
+        if self._outage_since is not None:
+            log.warning(
+                "fleet state: Redis at %s reachable again after %.1fs; merged", self.url.shown, self.sync_age_s()
+            )
+            self._outage_since = None
+        elif not self._connected:
+            log.info("fleet state: connected to Redis at %s (prefix %s)", self.url.shown, self.url.prefix)
+        self._connected = True
+
+    def sync_age_s(self) -> float:
+        since = self._outage_since if self._outage_since is not None else self._synced_at
+        return 0.0 if since is None else time.monotonic() - since
+
+    async def claim_feedback(self, request_id: str, key: str | None) -> AnsweredRequest:
+        assert self._recorder is not None and self._evidence is not None
+        local = self._recorder.feedback
+        record_key, scored_key = self._evidence.feedback_keys(key, request_id)
+        found: Any = None
+        if self._connected:
+            ttl_ms = int(self._recorder.spec.feedback_ttl_s * 1000)
+            try:
+                async with asyncio.timeout(self.url.timeout_s):
+                    found = await self._claim(keys=[record_key, scored_key], args=[ttl_ms])
+            except (RedisError, OSError, TimeoutError):
+                self._count_error("feedback")
+        if found == b"scored":
+            local.mark_scored(request_id, key)
+            raise FeedbackAlreadyRecorded("feedback for this request id was already recorded", param="request_id")
+        if isinstance(found, bytes):
+            model, _, cohort = found.decode().partition("\x1f")
+            local.mark_scored(request_id, key)
+            return AnsweredRequest(model, cohort, scored=True)
+        answered = local.claim(request_id, key)  # not in the fleet's store (yet), or Redis is down
+        self._evidence.scored(key, request_id)
+        return answered
+
+    async def put_document(self, name: str, doc: dict[str, Any]) -> bool:
+        self._documents[name] = doc
+        try:
+            async with asyncio.timeout(self.url.timeout_s):
+                await self._redis.hset(f"{self.url.prefix}:documents", name, json.dumps(doc))
+        except (RedisError, OSError, TimeoutError):
+            self._count_error("document")
+            return False
+        return True
+
+    async def hold_lease(self, name: str, ttl_s: float) -> bool:
+        """Take or renew the lease; False when another instance holds it or Redis cannot say (nobody drives
+        then, rather than two instances at once)."""
+        try:
+            async with asyncio.timeout(self.url.timeout_s):
+                held = await self._lease(
+                    keys=[f"{self.url.prefix}:lease:{name}"], args=[self.instance, max(1, int(ttl_s * 1000))]
+                )
+        except (RedisError, OSError, TimeoutError):
+            self._count_error("lease")
+            return False
+        return bool(held)
+
+    def snapshot(self) -> dict[str, object]:
+        version = self._policy()[1] if self._policy is not None else None
+        instances = self._instances or [InstanceSeen(self.instance, version, self.sync_age_s())]
+        return {
+            "backend": self.backend,
+            "connected": self._connected,
+            "instance": self.instance,
+            "url": self.url.shown,
+            "prefix": self.url.prefix,
+            "sync_s": self.url.sync_s,
+            "sync_age_s": round(self.sync_age_s(), 3),
+            "instances": [
+                {"id": i.id, "policy_version": i.policy_version, "last_seen_s": round(i.last_seen_s, 3)}
+                for i in instances
+            ],
+        }
+
+
+def _json_object(raw: bytes | None) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
