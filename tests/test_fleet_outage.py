@@ -135,5 +135,5 @@ def test_a_stalled_killed_and_emptied_redis_changes_no_answer_and_the_fleet_agre
     assert stall_end - stall_start < 10
     for gateway in fleet.gateways:
         log = gateway.output()
-        assert log.count("unreachable") == 2, log  # one line per outage: the stall, then the kill
+        assert log.count(" unreachable (") == 2, log  # one line per outage: the stall, then the kill
         assert log.count("reachable again") == 2, log

@@ -1,17 +1,22 @@
 """FleetRateLimiter: a client key's ``requests_per_min`` and ``tokens_per_min`` held for the fleet, not per instance.
 
-The fleet's token bucket lives in Redis (refilled by Redis's clock, in one script for every bucket). The request
-path never waits for it: at each sync an instance sends what it took since the last one and receives the fleet's
-level, and until the next sync it may take only its *share* of that level, ``level / live instances``, plus its
-share of the refill. The shares of all instances add up to the level, so instances that sync alike cannot
-together pass the limit between two syncs; what can overshoot is one request per instance per sync (a share is
-spent while it is above zero) and the refill an instance counts for itself on a stale count of live instances
-(for at most the heartbeat horizon after one joins). Over a minute that is within a few per cent of a limit of
-some hundreds a minute on a handful of instances.
+Each limit is one token bucket for the whole fleet, kept in Redis: ``level`` tokens there, plus what each instance
+holds. The request path never waits for Redis: an instance admits from what it *holds*, and at each sync (0.5 s
+by default) it reports what it still holds and is topped up from the fleet's level towards its fair part,
+``limit / live instances`` (an instance holding more gives the excess back). Redis refills the level at the limit's
+rate but never above ``limit`` minus what the instances hold, so the tokens the fleet can spend at any moment add
+up to one bucket's worth, whatever the number of instances: over any stretch of time the fleet admits at most
+what a single bucket would (the limit, plus the refill of the stretch), within the refill of one sync period.
 
-Without Redis (down, or not reached yet) an instance keeps going on its share: a bucket of ``limit / instances``
-refilled at ``limit / instances`` a minute, the instances it last knew of (itself alone if it never reached Redis).
-What it took meanwhile is sent when Redis is back, so the fleet's level accounts for it.
+Spread traffic (a Service) gets the whole limit at once. Traffic that reaches one instance only gets that
+instance's part at once, then the whole fleet's refill rate. An instance that stops syncing (gone) has its holding
+released after a few seconds. A token limit is checked before a request (the holding must not be in debt) and
+charged after it, like the per-process one: one answer may overshoot by its own size, and the debt is paid from
+the next top-ups.
+
+Without Redis (down, or not reached yet) an instance keeps going on its part: it refills what it holds itself, at
+``limit / instances`` a minute and up to ``limit / instances``, with the number of instances it last knew of
+(itself alone if it never reached Redis).
 """
 
 from __future__ import annotations
@@ -27,86 +32,86 @@ from gateway.ratelimit import RateLimited, RateLimiter
 @dataclass
 class SharedBucket:
     per_minute: int
-    share: float  # this instance's part of the fleet's level at the last sync
-    synced: float  # when that was (the instance's clock)
+    held: float  # tokens this instance may spend now
+    updated: float
     instances: int = 1
-    used: float = 0.0  # taken here since the last sync began
-    sending: float = 0.0  # taken here and being sent now
 
-    def allowance(self, now: float) -> float:
+    def refill_alone(self, now: float) -> None:
+        """Redis is unreachable: refill this instance's part by itself."""
         rate = self.per_minute / 60 / self.instances
-        cap = self.per_minute / self.instances
-        return min(cap, self.share + (now - self.synced) * rate) - self.used - self.sending
+        self.held = min(max(self.held, self.per_minute / self.instances), self.held + (now - self.updated) * rate)
+        self.updated = now
 
-    def wait_for(self, allowance: float) -> float:
-        return (1e-3 - allowance) * 60 * self.instances / self.per_minute
+    def wait_for(self, needed: float) -> float:
+        return max(0.1, needed - self.held) * 60 * self.instances / self.per_minute
 
 
 class FleetRateLimiter(RateLimiter):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(clock)
         self.instances = 1
+        self.online = False  # the last sync reached Redis (else holdings refill locally)
         self._shared: dict[tuple[str, str], SharedBucket] = {}
 
     def _shared_bucket(self, key: str, kind: str, per_minute: int) -> SharedBucket:
         bucket = self._shared.get((key, kind))
+        now = self._clock()
         if bucket is None or bucket.per_minute != per_minute:
-            share = per_minute / self.instances
-            bucket = self._shared[(key, kind)] = SharedBucket(per_minute, share, self._clock(), self.instances)
+            held = per_minute / self.instances if not self.online else 0.0
+            bucket = self._shared[(key, kind)] = SharedBucket(per_minute, held, now, self.instances)
+        if not self.online:
+            bucket.refill_alone(now)
+        else:
+            bucket.updated = now
         return bucket
 
     def admit(self, key: str, spec: RateLimitSpec | None) -> None:
         if spec is None:
             return
-        now = self._clock()
         if spec.tokens_per_min is not None:
             tokens = self._shared_bucket(key, "tokens", spec.tokens_per_min)
-            left = tokens.allowance(now)
-            if left <= 0:
+            if tokens.held <= 0:
                 message = f"key '{key}' is over its {spec.tokens_per_min} tokens per minute (fleet-wide)"
-                raise RateLimited(message, tokens.wait_for(left))
+                raise RateLimited(message, tokens.wait_for(1))
         if spec.requests_per_min is not None:
             requests = self._shared_bucket(key, "requests", spec.requests_per_min)
-            left = requests.allowance(now)
-            if left <= 0:
+            if requests.held < 1:
                 message = f"key '{key}' is over its {spec.requests_per_min} requests per minute (fleet-wide)"
-                raise RateLimited(message, requests.wait_for(left))
-            requests.used += 1
+                raise RateLimited(message, requests.wait_for(1))
+            requests.held -= 1
 
     def charge_tokens(self, key: str, spec: RateLimitSpec | None, tokens: int) -> None:
         if spec is None or spec.tokens_per_min is None:
             return
-        self._shared_bucket(key, "tokens", spec.tokens_per_min).used += tokens
+        self._shared_bucket(key, "tokens", spec.tokens_per_min).held -= tokens
 
     def prepare(self, limits: Iterable[tuple[str, RateLimitSpec]]) -> list[tuple[str, str, int, float]]:
-        """Start a sync: ``(key, kind, per_minute, used)`` for every limit of the policy (each is synced, used or
-        not, so a share is never older than one sync); what was used moves to ``sending``."""
-        out = []
-        wanted = set()
+        """Start a sync: ``(key, kind, per_minute, held)`` for every limit of the policy (each is synced, used or
+        not, so every instance's holding is known to the fleet)."""
+        out, wanted = [], set()
         for key, spec in limits:
             for kind, per_minute in (("requests", spec.requests_per_min), ("tokens", spec.tokens_per_min)):
-                if per_minute is None:
-                    continue
-                bucket = self._shared_bucket(key, kind, per_minute)
-                bucket.sending, bucket.used = bucket.sending + bucket.used, 0.0
-                out.append((key, kind, per_minute, bucket.sending))
-                wanted.add((key, kind))
+                if per_minute is not None:
+                    bucket = self._shared_bucket(key, kind, per_minute)
+                    out.append((key, kind, per_minute, bucket.held))
+                    wanted.add((key, kind))
         for gone in [k for k in self._shared if k not in wanted]:
             del self._shared[gone]
         return out
 
-    def settle(self, levels: dict[tuple[str, str], float], instances: int) -> None:
-        """The sync's answer: the fleet's level of each bucket after what this instance sent."""
-        self.instances = max(1, instances)
-        now = self._clock()
-        for key, bucket in self._shared.items():
-            level = levels.get(key)
-            if level is None:
-                continue
-            bucket.share, bucket.synced, bucket.sending = level / self.instances, now, 0.0
-            bucket.instances = self.instances
+    def settle(self, grants: dict[tuple[str, str], tuple[float, int]]) -> None:
+        """The sync's answer: per bucket, what the fleet granted (negative: taken back) and the live instances."""
+        self.online = True
+        for key, (grant, instances) in grants.items():
+            bucket = self._shared.get(key)
+            if bucket is not None:
+                bucket.held += grant
+                bucket.instances = self.instances = max(1, instances)
 
-    def unsent(self) -> None:
-        """The sync failed: what was being sent is sent again next time."""
-        for bucket in self._shared.values():
-            bucket.used, bucket.sending = bucket.used + bucket.sending, 0.0
+    def offline(self) -> None:
+        """The sync failed: holdings refill locally until Redis answers again."""
+        if self.online:
+            now = self._clock()
+            for bucket in self._shared.values():
+                bucket.updated = now
+        self.online = False

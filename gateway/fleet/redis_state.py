@@ -147,9 +147,10 @@ class RedisFleetState(FleetState):
         buckets = self._limiter.prepare(limits)
         if buckets:
             names = [f"{p}:rl:{json.dumps([key, kind])}" for key, kind, _, _ in buckets]
-            args = [x for _, _, per_minute, used in buckets for x in (per_minute, used)]
-            pipe.evalsha(self._buckets.sha, len(names), *names, *args)
-            handlers.append(keep("levels"))
+            args = [x for _, _, per_minute, held in buckets for x in (per_minute, held)]
+            live_ms = int(self.live_s * 1000)
+            pipe.evalsha(self._buckets.sha, len(names), *names, self.instance, live_ms, *args)
+            handlers.append(keep("grants"))
         handlers += self._evidence.pull(pipe)
         pipe.zrange(f"{p}:instances", 0, -1, withscores=True)
         pipe.hgetall(f"{p}:instance-info")
@@ -159,25 +160,25 @@ class RedisFleetState(FleetState):
             results = await pipe.execute()
         except BaseException:
             undo()
-            self._limiter.unsent()
+            self._limiter.offline()
             raise
         for handler, result in zip(handlers, results, strict=True):
             if handler is not None:
                 handler(result)
-        live = self._heartbeats(got["instances"], got["info"], now)
-        if buckets:
-            levels = {
-                (key, kind): float(level) for (key, kind, _, _), level in zip(buckets, got["levels"], strict=True)
-            }
-            self._limiter.settle(levels, live)
+        self._heartbeats(got["instances"], got["info"], now)
+        answers = got.get("grants", [])
+        grants = {
+            (k, kind): (float(answers[2 * i]), int(answers[2 * i + 1])) for i, (k, kind, _, _) in enumerate(buckets)
+        }
+        self._limiter.settle(grants)
         self._documents = {k.decode(): _json_object(v) for k, v in got["documents"].items()}
         reads = self._redis.pipeline(transaction=False)
         changed = self._evidence.changed_windows(reads)
         if changed:
             self._evidence.apply_windows(changed, await reads.execute())
 
-    def _heartbeats(self, ranked: list[tuple[bytes, float]], info: dict[bytes, bytes], now: float) -> int:
-        """Keep the list of instances; returns how many are live (this one included)."""
+    def _heartbeats(self, ranked: list[tuple[bytes, float]], info: dict[bytes, bytes], now: float) -> None:
+        """Keep the list of instances (for ``/admin/state``)."""
         instances, stale = [], []
         for raw, seen in ranked:
             ident = raw.decode(errors="replace")
@@ -190,7 +191,6 @@ class RedisFleetState(FleetState):
         self._instances = instances
         if stale:
             self._forgetting = asyncio.get_running_loop().create_task(self._forget(stale))
-        return max(1, sum(1 for i in instances if i.last_seen_s <= self.live_s))
 
     async def _forget(self, stale: list[str]) -> None:
         p = self.url.prefix

@@ -25,25 +25,51 @@ return 'scored'
 """
 
 BUCKETS = """
--- KEYS: one hash per bucket; ARGV: per_minute and used for each, in KEYS' order. Returns each level after it.
+-- KEYS: one hash per bucket (level, updated); its holdings are in KEYS[i]..':held' (instance -> "held:ms").
+-- ARGV: this instance, how long a holding counts without news (ms), then per bucket its per_minute and what this
+-- instance holds now. Returns per bucket the grant (negative: given back) and the live instances.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local me, live_ms = ARGV[1], tonumber(ARGV[2])
 local out = {}
 for i, key in ipairs(KEYS) do
-  local per_minute = tonumber(ARGV[2 * i - 1])
-  local used = tonumber(ARGV[2 * i])
-  local stored = redis.call('HMGET', key, 'level', 'updated')
-  local level = tonumber(stored[1])
-  local updated = tonumber(stored[2])
-  if level == nil or updated == nil then
-    level, updated = per_minute, now
+  local per_minute = tonumber(ARGV[2 * i + 1])
+  local held = tonumber(ARGV[2 * i + 2])
+  local holdings = key .. ':held'
+  local entries = redis.call('HGETALL', holdings)
+  local others, live = 0, 1
+  for j = 1, #entries, 2 do
+    if entries[j] ~= me then
+      local amount, at = string.match(entries[j + 1], '^(.-):(%d+)$')
+      if amount == nil or now - tonumber(at) > live_ms then
+        redis.call('HDEL', holdings, entries[j])
+      else
+        others = others + math.max(0, tonumber(amount) or 0)
+        live = live + 1
+      end
+    end
   end
-  level = math.min(per_minute, level + math.max(0, now - updated) * per_minute / 60000) - used
+  local room = per_minute - others - math.max(0, held)
+  local stored = redis.call('HMGET', key, 'level', 'updated')
+  local level, updated = tonumber(stored[1]), tonumber(stored[2])
+  if level == nil or updated == nil then
+    level, updated = room, now
+  end
+  level = math.min(room, level + math.max(0, now - updated) * per_minute / 60000)
+  local want = per_minute / live - held
+  local grant = 0
+  if want < 0 then
+    grant = want
+  elseif level > 0 then
+    grant = math.min(want, level)
+  end
+  level = level - grant
   redis.call('HSET', key, 'level', tostring(level), 'updated', tostring(now))
-  local keep = 120000
-  if level < 0 then keep = keep + math.ceil(-level * 60000 / per_minute) end
-  redis.call('PEXPIRE', key, keep)
-  out[i] = tostring(level)
+  redis.call('HSET', holdings, me, tostring(held + grant) .. ':' .. tostring(now))
+  redis.call('PEXPIRE', key, 120000)
+  redis.call('PEXPIRE', holdings, 120000)
+  out[2 * i - 1] = tostring(grant)
+  out[2 * i] = live
 end
 return out
 """
