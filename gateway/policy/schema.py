@@ -266,7 +266,7 @@ class EvalsSpec(Strict):
     promotion: PromotionSpec | None = None
     feedback_cache_size: PositiveInt = Field(default=100_000, description="request ids remembered for feedback")
     feedback_ttl_s: PositiveFloat = Field(
-        default=86_400, le=30 * 86_400, description="how long an answer may be scored through POST /v1/feedback"
+        default=3_600, le=30 * 86_400, description="how long an answer may be scored through POST /v1/feedback"
     )
     _gate_by_pair: dict[tuple[str, str], GateSpec | None] = PrivateAttr(default_factory=dict)
 
