@@ -38,8 +38,9 @@ REQUIRED_ALERTS = {
     "TTFTP99High",
     "PolicyReloadRejected",
     "MirrorDisagreementHigh",
+    "LLMGatewayStateBackendDown",
 }
-# What the dashboard must show (DESIGN.md section 5); histograms are read through their buckets.
+# What the dashboard must show (README.md, Telemetry); histograms are read through their buckets.
 REQUIRED_DASHBOARD_METRICS = {
     "llm_gateway_requests_total",
     "llm_gateway_fallbacks_total",
@@ -53,6 +54,8 @@ REQUIRED_DASHBOARD_METRICS = {
     "llm_gateway_breaker_open",
     "llm_gateway_overhead_seconds_bucket",
     "llm_gateway_policy_info",
+    "llm_gateway_state_backend_up",
+    "llm_gateway_state_sync_age_seconds",
 }
 COHORT_MATCHER = 'cohort=~"$cohort"'
 
@@ -228,6 +231,27 @@ def test_dashboard_filters_cohort_series_by_the_variable() -> None:
 def test_dashboard_repeats_a_row_per_cohort() -> None:
     rows = [panel for panel in dashboard()["panels"] if panel["type"] == "row"]
     assert [row["title"] for row in rows if row.get("repeat") == "cohort"] == ["Cohort $cohort"]
+
+
+def test_dashboard_shows_fleet_state_per_instance_in_the_gateway_row() -> None:
+    """Fleet state is per instance (one Redis link each), so the panel keeps the scrape's ``instance`` label and
+    sits in the Gateway row, not in the row repeated per cohort."""
+    panels = dashboard()["panels"]
+    (panel,) = [panel for panel in panels if panel["title"] == "Fleet state"]
+    rows = [p["gridPos"]["y"] for p in panels if p["type"] == "row"]
+    assert rows[0] < panel["gridPos"]["y"] < rows[1]
+    shown = {name: target for target in panel["targets"] for name in metric_names(target["expr"])}
+    assert set(shown) == {"llm_gateway_state_backend_up", "llm_gateway_state_sync_age_seconds"}
+    for target in shown.values():
+        assert "{{instance}}" in target["legendFormat"]
+        assert not GROUPING.search(target["expr"]) and "(" not in target["expr"], target["expr"]
+
+
+def test_state_backend_alert_fires_per_instance_after_two_minutes() -> None:
+    (rule,) = [rule for rule in alert_rules() if rule["alert"] == "LLMGatewayStateBackendDown"]
+    assert metric_names(rule["expr"]) == {"llm_gateway_state_backend_up"}
+    assert rule["for"] == "2m" and rule["labels"]["severity"] == "warning"
+    assert "per instance" in rule["annotations"]["description"]
 
 
 def test_alert_rules_use_exported_metrics_and_annotate() -> None:

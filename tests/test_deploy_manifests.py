@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gateway.fleet.url import StateUrl
 from gateway.policy import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,7 +141,7 @@ def compose_policy(tmp_path: Path) -> Any:
 
 def test_compose_has_the_stack() -> None:
     services = compose()["services"]
-    assert set(services) == {"vllm-sources", "vllm-merged", "gateway", "prometheus", "grafana", "jaeger"}
+    assert set(services) == {"vllm-sources", "vllm-merged", "gateway", "redis", "prometheus", "grafana", "jaeger"}
     for name in ("vllm-sources", "vllm-merged"):
         service = services[name]
         assert interpolate(service["image"]).startswith("vllm/vllm-openai:v")
@@ -190,6 +191,27 @@ def test_compose_gateway_gets_its_policy_config_and_traces_go_to_jaeger() -> Non
     assert "--set=receivers.otlp.protocols.http.endpoint=0.0.0.0:4318" in spec["services"]["jaeger"]["command"]
     assert f"{command[command.index('--admin-port') + 1]}" in " ".join(gateway["ports"][1:])
     assert gateway["ports"][1].startswith("127.0.0.1:")  # the admin API stays on the host
+
+
+REDIS_FLAGS = {"--maxmemory": "256mb", "--maxmemory-policy": "volatile-ttl", "--save": "", "--appendonly": "no"}
+
+
+def redis_flags(args: list[str]) -> dict[str, str]:
+    assert args[0] == "redis-server" and len(args) % 2 == 1, args
+    return dict(zip(args[1::2], args[2::2], strict=True))
+
+
+def test_compose_gateway_keeps_its_fleet_state_in_the_redis_service() -> None:
+    services = compose()["services"]
+    gateway, redis = services["gateway"], services["redis"]
+    url = StateUrl.parse(interpolate(gateway["environment"]["GATEWAY_STATE_URL"]))
+    assert url.backend == "redis" and url.redis_url == "redis://redis:6379/0"
+    assert gateway["depends_on"]["redis"] == {"condition": "service_healthy"}
+    assert "ports" not in redis  # reachable on the compose network only
+    assert interpolate(redis["image"]).startswith("redis:7")
+    assert redis_flags([interpolate(arg) for arg in redis["command"]]) == REDIS_FLAGS
+    assert "redis-cli ping" in " ".join(redis["healthcheck"]["test"])
+    assert redis["restart"] == gateway["restart"]
 
 
 def test_compose_bind_mounts_exist() -> None:
@@ -263,8 +285,9 @@ def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     files = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
     assert set(kustomization["resources"]) == files
+    assert {"redis.yaml", "state-secret.yaml"} <= files
     kinds = {key.split("/")[0] for key in k8s_objects()}
-    assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "ServiceMonitor"} <= kinds
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "HorizontalPodAutoscaler", "ServiceMonitor"} <= kinds
 
 
 def gateway_container() -> dict[str, Any]:
@@ -328,6 +351,62 @@ def test_service_hpa_and_servicemonitor_point_at_the_deployment() -> None:
     assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
+def env_var(container: dict[str, Any], name: str) -> dict[str, Any]:
+    (var,) = [var for var in container["env"] if var["name"] == name]
+    return dict(var)
+
+
+def mebibytes(quantity: str) -> float:
+    """A Kubernetes (``384Mi``) or Redis (``256mb``) memory size in MiB: the units this kit uses."""
+    match = re.fullmatch(r"(\d+)(Mi|Gi|mb|gb)", quantity)
+    assert match is not None, quantity
+    return int(match[1]) * {"Mi": 1, "mb": 1, "Gi": 1024, "gb": 1024}[match[2]]
+
+
+def test_gateway_pods_share_state_through_the_secret_and_name_themselves() -> None:
+    objects = k8s_objects()
+    ref = env_var(gateway_container(), "GATEWAY_STATE_URL")["valueFrom"]["secretKeyRef"]
+    assert ref.get("optional", False) is False  # replicas without the shared state would each gate on their own
+    url = StateUrl.parse(objects[f"Secret/{ref['name']}"]["stringData"][ref["key"]])
+    service = objects["Service/llm-gateway-redis"]
+    (port,) = service["spec"]["ports"]
+    assert url.redis_url == f"redis://{service['metadata']['name']}:{port['port']}/0"
+    instance = env_var(gateway_container(), "GATEWAY_INSTANCE_ID")["valueFrom"]
+    assert instance == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_redis_deployment_serves_the_service_like_compose_does() -> None:
+    objects = k8s_objects()
+    deployment = objects["Deployment/llm-gateway-redis"]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two states behind one Service
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (container,) = pod["containers"]
+    service = objects["Service/llm-gateway-redis"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    for name in ("Service/llm-gateway", "PodDisruptionBudget/llm-gateway"):
+        selector = objects[name]["spec"]["selector"]
+        assert not selector.get("matchLabels", selector).items() <= labels.items(), name  # gateway pods only
+    (port,) = service["spec"]["ports"]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}[port["targetPort"]] == port["port"] == 6379
+    flags = redis_flags(container["args"])
+    assert flags == REDIS_FLAGS
+    assert container["image"] == interpolate(compose()["services"]["redis"]["image"])
+    assert mebibytes(container["resources"]["limits"]["memory"]) > mebibytes(flags["--maxmemory"])
+    assert container["resources"]["requests"]["cpu"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert "redis-cli ping" in " ".join(container[probe]["exec"]["command"]), probe
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    policy = objects["NetworkPolicy/llm-gateway-redis"]["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    gateway_labels = objects["Deployment/llm-gateway"]["spec"]["template"]["metadata"]["labels"]
+    ((source,),) = [rule["from"] for rule in policy["ingress"]]
+    assert source["podSelector"]["matchLabels"].items() <= gateway_labels.items()
+
+
 def test_kubectl_kustomize_renders_the_kit() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -336,8 +415,9 @@ def test_kubectl_kustomize_renders_the_kit() -> None:
     assert result.returncode == 0, result.stderr
     rendered = list(yaml.safe_load_all(result.stdout))
     assert {doc["metadata"].get("namespace") for doc in rendered if doc["kind"] != "Namespace"} == {"llm-gateway"}
-    (deployment,) = [doc for doc in rendered if doc["kind"] == "Deployment"]
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    deployments = {doc["metadata"]["name"]: doc for doc in rendered if doc["kind"] == "Deployment"}
+    assert set(deployments) == {"llm-gateway", "llm-gateway-redis"}
+    (container,) = deployments["llm-gateway"]["spec"]["template"]["spec"]["containers"]
     assert container["image"].endswith(":0.1.0")
 
 
