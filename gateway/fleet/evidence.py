@@ -31,6 +31,9 @@ from gateway.evals.windows import Key
 from gateway.policy.schema import PolicySpec
 
 Handler = Callable[[Any], None]
+RECORDS_PER_SYNC = 5_000
+"""Feedback records sent per sync (10,000 a second at the default sync): after an outage the backlog goes out over
+several syncs rather than as one pipeline that would hold the event loop."""
 WINDOW_KEEP_MS = 7 * 86_400_000
 """A window nobody wrote to for this long is dropped by Redis (its model or cohort is likely gone)."""
 
@@ -97,9 +100,8 @@ class EvidenceSync:
         to read) and an undo that puts it all back for the next sync if this one fails."""
         p, spec = self._prefix, self._recorder.spec
         outcomes, counts, self._outcomes, self._counts = self._outcomes, self._counts, {}, {}
-        answered, scored = list(self._answered), list(self._scored)
-        self._answered.clear()
-        self._scored.clear()
+        answered = [self._answered.popleft() for _ in range(min(len(self._answered), RECORDS_PER_SYNC))]
+        scored = [self._scored.popleft() for _ in range(min(len(self._scored), RECORDS_PER_SYNC))]
         handlers: list[Handler | None] = []
         for key, entries in outcomes.items():
             name = f"{p}:win:{window_field(key)}"
@@ -127,7 +129,7 @@ class EvidenceSync:
 
         def undo() -> None:
             for key, entries in outcomes.items():
-                for entry in entries:
+                for entry in reversed(entries):
                     self._outcome_back(key, entry)
                 self._counts[key] = self._counts.get(key, 0) + counts[key] - len(entries)
             self._answered.extendleft(reversed(answered))
