@@ -129,20 +129,15 @@ class EvidenceSync:
 
         def undo() -> None:
             for key, entries in outcomes.items():
-                for entry in reversed(entries):
-                    self._outcome_back(key, entry)
-                self._counts[key] = self._counts.get(key, 0) + counts[key] - len(entries)
+                newer = self._outcomes.get(key, ())
+                self._outcomes[key] = deque([*entries, *newer], maxlen=self._recorder.windows.size)
+                self._counts[key] = self._counts.get(key, 0) + counts[key]
             self._answered.extendleft(reversed(answered))
             self._scored.extendleft(reversed(scored))
             for pair, value in dirty.items():
                 self._dirty.setdefault(pair, value)
 
         return handlers, undo
-
-    def _outcome_back(self, key: Key, entry: tuple[float, bool]) -> None:
-        pending = self._outcomes.setdefault(key, deque(maxlen=self._recorder.windows.size))
-        pending.appendleft(entry)
-        self._counts[key] = self._counts.get(key, 0) + 1
 
     def _written(self, model: str, cohort: str) -> Handler:
         def adopt(stored: Any) -> None:
