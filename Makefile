@@ -80,8 +80,9 @@ test-vllm: $(STAMP) $(VLLM_STAMP)
 clean-vllm:
 	rm -rf $(VLLM_VENV) .cache/vllm
 
-# The overhead benchmark (loadtests/overhead.py; see docs/performance.md). wrk, and nginx with its echo module (the
-# upstream, and a peer), come from Debian packages; LiteLLM's proxy and vllm-router go into venvs of their own under
+# The overhead benchmark (loadtests/overhead.py; see docs/performance.md). wrk, nginx with its echo module (the
+# upstream, and a peer) and redis-server (the store of the gateway-redis path, redis-tools) come from Debian
+# packages; LiteLLM's proxy and vllm-router go into venvs of their own under
 # .bench/ (git-ignored). As above, a fresh nginx install has its packaged service stopped and disabled: the
 # benchmark runs its own nginx processes on free loopback ports. A peer that fails to install is skipped by the
 # benchmark with a line saying why.
@@ -113,8 +114,8 @@ bench-peers:
 		timeout $(BENCH_PIP_TIMEOUT) .bench/vllm-router/bin/pip install -q vllm-router; } || \
 		{ rm -rf .bench/vllm-router; echo "vllm-router: install failed or timed out; the benchmark skips it"; }
 
-bench: $(STAMP) bench-tools bench-nginx bench-peers
+bench: $(STAMP) bench-tools bench-nginx bench-peers redis-tools
 	$(BIN)/python loadtests/overhead.py $(BENCH_ARGS)
 
-# CI runs the benchmark's smoke test (tests/test_bench_smoke.py), which needs wrk.
+# CI runs the benchmark's smoke test (tests/test_bench_smoke.py), which needs wrk and redis-server (redis-tools).
 test: $(if $(CI),bench-tools)

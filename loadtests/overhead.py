@@ -7,7 +7,11 @@ Every path is pointed at the same upstream and driven by the same load, in the s
   installed, **nginx** as a plain reverse proxy, **litellm** (its proxy, one worker), **vllm-router** (vLLM's
   Rust router) and **aiohttp-pass** (``peers/passthrough.py``, a bare aiohttp pass-through: the floor of a Python
   proxy). Configs: ``loadtests/peers/``. A peer that is not installed is skipped with a line saying why.
-* **Pinning**: each proxy runs on one core (``taskset``); this script, ``wrk`` and the upstream on the other.
+* **gateway-redis**: the same gateway with ``--state redis://127.0.0.1:PORT/0?prefix=bench``, against a
+  ``redis-server`` (no persistence) that the run starts on a free loopback port and stops at the end
+  (``peers/state_store.py``); it runs like a peer (when ``redis-server`` is installed, and ``--peers`` may name it)
+  and is checked against the gateway with ``memory://`` in the same run.
+* **Pinning**: each proxy runs on one core (``taskset``); this script, ``wrk``, the upstream and Redis on the other.
 * **Upstream**: nginx answering with vLLM answers recorded from the simulator at the start of the run
   (``peers/nginx-upstream.conf``): at once, after 50 ms, or streamed (first token after 50 ms, then 10 ms a token;
   for the scale test 100 ms a token). The simulator serves ~11,000 req/s on a core, slower than nginx as a proxy
@@ -34,7 +38,8 @@ Every path is pointed at the same upstream and driven by the same load, in the s
   likewise during a streaming block at concurrency 16 (``overhead_profile_stream.json``).
 
 Run: ``make bench`` (installs wrk, nginx and the peers into ``.bench/`` when missing), or
-``.venv/bin/python loadtests/overhead.py [--quick] [--out DIR] [--no-peers | --peers NAME,...] [--before REF]``.
+``.venv/bin/python loadtests/overhead.py [--quick] [--out DIR] [--no-peers | --peers NAME,...] [--before REF]``
+(``--peers gateway-redis``: the gateway with ``memory://`` and with Redis only).
 Results: ``overhead.json`` and ``overhead.png`` in ``loadtests/results/``. Targets (from the issues) are checked
 and printed, for each gateway path; missing one does not fail the run, it is a measurement.
 """
@@ -52,14 +57,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import loadkit
 import uvloop
-from peers import load, processes, proxies, report
+from peers import load, processes, proxies, report, state_store
 from peers.processes import API_KEY, MODEL, Process
 from peers.report import GATEWAYS, NOISY_CORES, PATHS
 from peers.upstream import MODES, NginxUpstream, SimUpstream
@@ -88,7 +93,12 @@ BODIES: list[dict[str, Any]] = [
 ]
 """One request of the ``billing_refund`` cohort (a regex rule), one of the default cohort (every rule tried)."""
 HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+PEER_NAMES = (*proxies.PEERS, state_store.NAME)
+"""What ``--peers`` may name: the peers, and the gateway with its fleet state in Redis."""
+LIVE = {"ready", "measured"}
 SCALE_STREAMS = 2000
+PHASES = ("fast", "slow", "stream", "scale")
+"""The upstream's modes, in the order a run measures them (``slow``: answers after 50 ms)."""
 T = TypeVar("T")
 
 
@@ -144,6 +154,10 @@ class Bench:
         """The trees of the gateways run at a git ref (``--before``, ``--after``), by path name."""
         self.gateways: dict[str, str] = {"gateway": f"this checkout, {loadkit.revision()}"}
         """What each gateway path runs: this checkout, or ``REF (commit)``."""
+        self.redis: Process | None = None
+        """gateway-redis's store, while it runs."""
+        self.fleet: dict[str, dict[str, Any]] = {}
+        """What gateway-redis made of Redis at the end of each phase (``state_store.seen``)."""
 
     # --- setup --------------------------------------------------------------------------------------------------
 
@@ -170,17 +184,51 @@ class Bench:
                 print(f"{name}: {self.gateways[name]}", flush=True)
 
     def check_peers(self) -> None:
-        wanted = proxies.PEERS if self.args.peers is None else self.args.peers
-        for name in proxies.PEERS:
-            if self.args.quick or self.args.no_peers or name not in wanted:
-                why = "--quick" if self.args.quick else "--no-peers" if self.args.no_peers else "not in --peers"
+        """Which peers run: every one installed, those ``--peers`` names, none with ``--no-peers``, and in ``--quick``
+        only those ``--peers`` names."""
+        named = self.args.peers
+        for name in PEER_NAMES:
+            why = (
+                "--no-peers"
+                if self.args.no_peers
+                else "not in --peers"
+                if named is not None and name not in named
+                else "--quick"
+                if self.args.quick and named is None
+                else ""
+            )
+            if why:
                 self.peers[name] = {"status": "skipped", "why": why}
                 continue
-            version, why = proxies.peer_status(name)
+            version, why = state_store.status() if name == state_store.NAME else proxies.peer_status(name)
             self.peers[name] = {"status": "ready", "version": version} if version else {"status": "skipped", "why": why}
         for name, peer in self.peers.items():
             if peer["status"] == "skipped":
                 print(f"peer {name}: skipped: {peer['why']}", flush=True)
+
+    def start_state_store(self) -> None:
+        """gateway-redis's Redis, on the load core; gateway-redis is skipped if it does not start."""
+        if self.peers.get(state_store.NAME, {}).get("status") not in LIVE:
+            return
+        redis = state_store.server(self.run, self.load_cpu)
+        try:
+            redis.start()
+        except processes.StartError as exc:
+            self.peers[state_store.NAME] = {"status": "skipped", "why": f"redis-server did not start: {exc}"}
+            print(f"peer {state_store.NAME}: skipped, redis-server did not start:\n{exc}", flush=True)
+            return
+        self.redis = redis
+        self.gateways[state_store.NAME] = f"{self.gateways['gateway']}, --state {state_store.state_url(redis)}"
+        print(f"{state_store.NAME}: {self.gateways[state_store.NAME]}", flush=True)
+
+    def stop_state_store(self) -> None:
+        redis, self.redis = self.redis, None
+        if redis is not None:
+            redis.stop()
+
+    def _ours(self) -> list[Process]:
+        """The benchmark's own servers besides the proxy measured: their CPU is not noise."""
+        return [self.upstream.process, *([self.redis] if self.redis is not None else [])]
 
     def start_targets(self, url: str, names: Sequence[str]) -> list[Target]:
         """Direct and the proxies ``names`` against upstream ``url``; proxies already running against it are kept,
@@ -193,22 +241,19 @@ class Bench:
         for name in names:
             if name in self.running:
                 continue
-            if name in GATEWAYS:
-                factory = functools.partial(proxies.gateway, name=name, source=self.sources.get(name))
-            else:
-                factory = proxies.PEERS[name]
             run = self.run / f"{name}-{url.rsplit(':', 1)[1]}"
             run.mkdir(exist_ok=True)
-            process = factory(url, run, self.proxy_cpu)
+            process = self._factory(name)(url, run, self.proxy_cpu)
             process.launch()
             launched.append(process)
         for process in launched:
             try:
                 process.wait_ready()
             except processes.StartError as exc:
-                if process.name in GATEWAYS:
+                if process.name in GATEWAYS and process.name not in self.peers:
                     raise
                 self.peers[process.name] = {"status": "skipped", "why": f"did not start: {exc}"}
+                self.gateways.pop(process.name, None)
                 print(f"peer {process.name}: skipped, it did not start:\n{exc}", flush=True)
                 continue
             self.running[process.name] = Target(process.name, process.url, url, process)
@@ -216,6 +261,16 @@ class Bench:
                 self.peers[process.name]["status"] = "measured"
             print(f"  {process.name} ready in {process.started_s} s", flush=True)
         return [Target("direct", url, url), *(self.running[n] for n in PATHS if n in self.running)]
+
+    def _factory(self, name: str) -> Callable[[str, Path, int | None], Process]:
+        """How path ``name`` is started; gateway-redis runs the tree of ``gateway``, so only the state differs."""
+        if name == state_store.NAME:
+            assert self.redis is not None, "gateway-redis runs only once its Redis is up"
+            state = state_store.state_url(self.redis)
+            return functools.partial(proxies.gateway, name=name, source=self.sources.get("gateway"), state=state)
+        if name in GATEWAYS:
+            return functools.partial(proxies.gateway, name=name, source=self.sources.get(name))
+        return proxies.PEERS[name]
 
     def _stop(self, name: str) -> None:
         target = self.running.pop(name)
@@ -234,8 +289,8 @@ class Bench:
             return
         url = self.upstream.url(mode)
         print(f"\nphase {mode}: upstream {url}", flush=True)
-        peers = [name for name, peer in self.peers.items() if peer["status"] in {"ready", "measured"}]
-        paths = self.start_targets(url, [*self.gateways, *peers])
+        names = [n for n in (*self.gateways, *self.peers) if self.peers.get(n, {"status": "ready"})["status"] in LIVE]
+        paths = self.start_targets(url, list(dict.fromkeys(names)))
         if not self.args.quick:
             for path in paths:
                 self._warm_up(path, scenarios[0])
@@ -247,6 +302,11 @@ class Bench:
                     self.blocks.setdefault(scenario.key, {}).setdefault(path.name, []).append(block)
             print(f"  {scenario.label}: {time.monotonic() - started:.0f} s", flush=True)
         self.rss[mode] = {p.name: round(p.process.peak_rss_mb(), 1) for p in paths if p.process is not None}
+        fleet = self.running.get(state_store.NAME)
+        if fleet is not None and fleet.process is not None and self.redis is not None:
+            self.fleet[mode] = seen = {"pid": fleet.process.pid, **state_store.seen(fleet.url, self.redis)}
+            if seen["backend_up"] != 1 or seen["failed_syncs"]:
+                print(f"  {state_store.NAME}: not in sync with Redis all along: {seen}", flush=True)
 
     def _quiet_block(self, path: Target, scenario: Scenario) -> dict[str, Any]:
         """A block, measured again (up to ``--retries`` times, within ``--retry-budget-s`` for the run) while other
@@ -286,7 +346,7 @@ class Bench:
             load.run_wrk(path.url, self.script, 16, 1)
 
     def _block(self, path: Target, scenario: Scenario) -> dict[str, Any]:
-        meter = processes.CpuMeter(path.process, [self.upstream.process])
+        meter = processes.CpuMeter(path.process, self._ours())
         if scenario.stream:
             return _run(self._streams(path, scenario, self.args.seconds, meter))
         meter.begin()
@@ -381,7 +441,7 @@ class Bench:
         rss_start = process.rss_mb() if process else 0.0
         samples: list[float] = []
         body = json.dumps({**BODIES[1], "stream": True}).encode()
-        meter = processes.CpuMeter(process, [self.upstream.process])
+        meter = processes.CpuMeter(process, self._ours())
 
         def tick() -> None:
             if process is not None:
@@ -451,7 +511,11 @@ def pin() -> tuple[int | None, int | None]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a few seconds, no peers: checks the script works")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a few seconds, no peers unless --peers names them: checks the script works",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for the results (default: %(default)s)")
     parser.add_argument("--seconds", type=int, default=2, help="seconds per block (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="blocks per path and scenario (default: %(default)s)")
@@ -459,7 +523,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--peers",
         type=lambda names: [n for n in names.split(",") if n],
-        help=f"the peers to measure, comma-separated (default: every one installed: {','.join(proxies.PEERS)})",
+        help=f"the peers to measure, comma-separated (default: every one installed: {','.join(PEER_NAMES)})",
     )
     parser.add_argument("--before", metavar="REF", help="also measure the gateway as of git REF (gateway-before)")
     parser.add_argument("--after", metavar="REF", help="measure the gateway as of git REF, not this checkout")
@@ -475,13 +539,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, metavar="JSON", help="print a results file's tables as Markdown")
     parser.add_argument(
         "--phases",
-        default="fast,slow,stream,scale",
+        default=",".join(PHASES),
         help="which upstream modes to run, comma-separated (default: %(default)s; targets not run are not measured)",
     )
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.peers or ()) - set(proxies.PEERS))
+    unknown = sorted(set(args.peers or ()) - set(PEER_NAMES))
     if unknown:
-        parser.error(f"--peers: unknown {', '.join(unknown)} (known: {', '.join(proxies.PEERS)})")
+        parser.error(f"--peers: unknown {', '.join(unknown)} (known: {', '.join(PEER_NAMES)})")
+    unknown = sorted({p for p in args.phases.split(",") if p} - set(PHASES))
+    if unknown:
+        parser.error(f"--phases: unknown {', '.join(unknown)} (known: {', '.join(PHASES)})")
     if args.quick:
         args.seconds, args.rounds, args.retries = 1, 1, 0
     return args
@@ -515,6 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench.check_peers()
         bench.upstream.start()
         try:
+            bench.start_state_store()
             floor: dict[str, Any] = {}
             profiles: dict[str, Any] = {}
             phases = args.phases.split(",")
@@ -529,6 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scale = bench.scale() if "scale" in phases else {}
         finally:
             bench.stop_all()
+            bench.stop_state_store()
             bench.upstream.stop()
     results = results_table(bench)
     ratios = report.peer_ratios(results)
@@ -548,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "gateways": bench.gateways,
         "tracing": "no OTLP endpoint: the gateway creates no exporter, spans are no-ops",
         "peers": bench.peers,
+        "state_store": {"path": state_store.NAME, "phases": bench.fleet},
         "results": results,
         "ratios": ratios,
         "scale": scale,
@@ -560,6 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         data["targets_before"] = report.check_targets(
             results, data["ratios_before"], scale, SCALE_STREAMS, "gateway-before"
         )
+    if bench.fleet:
+        # A process that served several phases (the simulator as upstream) was scraped after each: its count grows.
+        failed = {seen["pid"]: seen["failed_syncs"] for seen in bench.fleet.values()}
+        total = None if None in failed.values() else sum(failed.values())
+        data["targets_redis"] = report.check_fleet_targets(results, total)
     data["wall_s"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     why_no_chart = report.chart(data, args.out / "overhead.png")

@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 PEERS_DIR = Path(__file__).resolve().parent
@@ -67,7 +67,8 @@ def _children() -> dict[int, list[int]]:
 
 
 class Process:
-    """One server process on loopback, pinned to ``cpu``; :meth:`start` returns once ``ready_url`` answers 200."""
+    """One server process on loopback, pinned to ``cpu``; :meth:`start` returns once ``ready_url`` answers 200 (or,
+    for a server that does not speak HTTP, once ``probe`` returns True)."""
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class Process:
         env: dict[str, str] | None = None,
         start_timeout_s: float = 60.0,
         cwd: Path = ROOT,
+        probe: Callable[[], bool] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -91,6 +93,7 @@ class Process:
         self.env = env
         self.start_timeout_s = start_timeout_s
         self.cwd = cwd
+        self.probe = probe or (lambda: _answers_200(ready_url))
         self.started_s = 0.0
         self._launched = 0.0
         self._proc: subprocess.Popen[bytes] | None = None
@@ -120,13 +123,13 @@ class Process:
             )
 
     def wait_ready(self) -> Process:
-        """Wait until ``ready_url`` answers 200; stop the process and raise :class:`StartError` if it never does."""
+        """Wait until the process is ready; stop it and raise :class:`StartError` if it never is."""
         assert self._proc is not None, f"{self.name} was not launched"
         deadline = self._launched + self.start_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 break
-            if _answers_200(self.ready_url):
+            if self.probe():
                 self.started_s = round(time.monotonic() - self._launched, 1)
                 return self
             time.sleep(0.1)
@@ -235,8 +238,10 @@ class CpuMeter:
 
 def _environment(extra: dict[str, str]) -> dict[str, str]:
     """This process's environment without ``OTEL_*``: with no OTLP endpoint the gateway creates no exporter and its
-    spans are no-ops, the default of a gateway without a collector (and no peer exports traces either)."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **extra}
+    spans are no-ops, the default of a gateway without a collector (and no peer exports traces either). Without
+    ``GATEWAY_STATE_URL`` too: a gateway's fleet state is what its path says (``--state``), ``memory://`` if none."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != "GATEWAY_STATE_URL"}
+    return {**kept, **extra}
 
 
 def _answers_200(url: str) -> bool:

@@ -16,13 +16,22 @@ from pathlib import Path
 from peers.processes import BENCH, HOST, PEERS_DIR, ROOT, Process, fill, free_port, nginx_binary
 
 
-def gateway(upstream: str, run: Path, cpu: int | None, name: str = "gateway", source: Path | None = None) -> Process:
+def gateway(
+    upstream: str,
+    run: Path,
+    cpu: int | None,
+    name: str = "gateway",
+    source: Path | None = None,
+    state: str | None = None,
+) -> Process:
     """The gateway of this checkout, or (``source``) the one of another tree: run from that tree with it first on
-    ``PYTHONPATH``, so its ``gateway`` package is imported instead of the one installed in the venv."""
+    ``PYTHONPATH``, so its ``gateway`` package is imported instead of the one installed in the venv. ``state``: its
+    ``--state`` (default: none given, so ``memory://``)."""
     policy = run / "gateway-policy.yaml"
     policy.write_text(fill((PEERS_DIR / "gateway-policy.yaml").read_text(), upstream=upstream), encoding="utf-8")
     port = free_port()
     argv = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--host", HOST, "--port", str(port)]
+    argv += ["--state", state] if state else []
     url = f"http://{HOST}:{port}"
     return Process(
         name,

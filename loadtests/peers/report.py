@@ -18,9 +18,14 @@ import loadkit
 
 from peers.processes import ROOT
 
-PATHS = ("direct", "gateway", "gateway-before", "nginx", "vllm-router", "litellm", "aiohttp-pass")
-"""Every path, in the order they are reported (``gateway-before``: the gateway of an earlier revision, ``--before``)."""
-GATEWAYS = ("gateway", "gateway-before")
+PATHS = ("direct", "gateway", "gateway-redis", "gateway-before", "nginx", "vllm-router", "litellm", "aiohttp-pass")
+"""Every path, in the order they are reported (``gateway-redis``: the gateway with its fleet state in Redis,
+``peers/state_store.py``; ``gateway-before``: the gateway of an earlier revision, ``--before``)."""
+GATEWAYS = ("gateway", "gateway-redis", "gateway-before")
+FLEET_ADDED_P50_MS = 0.1
+"""gateway-redis against gateway, same run (the fleet-state issue): its added p50 at 50 ms c16 at most this much
+higher, its capacity at least ``FLEET_CAPACITY_X`` of the gateway's."""
+FLEET_CAPACITY_X = 0.9
 NOISY_CORES = 0.15
 """A block during which processes outside the benchmark used more CPU than this (in cores) counts as noisy."""
 CAPACITY_X_PASSTHROUGH = 0.8
@@ -153,6 +158,27 @@ def check_targets(
     return targets
 
 
+def check_fleet_targets(results: dict[str, Any], failed_syncs: int | None) -> list[dict[str, Any]]:
+    """The fleet-state issue's targets: gateway-redis against gateway (``memory://``) in the same run, and whether
+    gateway-redis kept in sync with Redis all along (``failed_syncs``: its failed syncs, summed over the phases;
+    ``None``: not measured), without which its row would measure a gateway serving on its local state."""
+    p50s = [figure(results, "slow-c16", p, "added_p50_ms") for p in ("gateway-redis", "gateway")]
+    rps = [figure(results, "fast-c64", p, "req_per_s") for p in ("gateway-redis", "gateway")]
+    latency = round(p50s[0] - p50s[1], 3) if p50s[0] is not None and p50s[1] is not None else None
+    capacity = round(rps[0] / rps[1], 3) if rps[0] is not None and rps[1] else None
+
+    def target(name: str, value: float | None, op: str, limit: float, scenario: str) -> dict[str, Any]:
+        met = None if value is None else (value <= limit if op == "<=" else value >= limit)
+        noisy = any(figure(results, scenario, p, "noisy_blocks") for p in ("gateway-redis", "gateway"))
+        return {"target": name, "value": value, "op": op, "limit": limit, "met": met, "noisy": noisy}
+
+    return [
+        target("added p50 ms at 50 ms c16, gateway-redis - gateway", latency, "<=", FLEET_ADDED_P50_MS, "slow-c16"),
+        target("capacity (req/s at once, c64) x gateway's", capacity, ">=", FLEET_CAPACITY_X, "fast-c64"),
+        target("failed syncs with Redis, gateway-redis", failed_syncs, "<=", 0, ""),
+    ]
+
+
 HEADERS = ["scenario", "path", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "CPU ms/req", "RSS MB", "err"]
 
 
@@ -184,6 +210,10 @@ def markdown(data: dict[str, Any]) -> str:
     for i, t in enumerate(data["targets"]):
         measured = " | ".join(f"{_num(data[k][i]['value'])} | {_verdict(data[k][i])}" for k in subjects)
         lines.append(f"| {t['target']} {t['op']} {t['limit']} | {measured} |")
+    if data.get("targets_redis"):
+        lines += ["", "| target, gateway-redis vs gateway (same run) | measured | met |", "|---|---|---|"]
+        for t in data["targets_redis"]:
+            lines.append(f"| {t['target']} {t['op']} {t['limit']} | {_num(t['value'])} | {_verdict(t)} |")
     return "\n".join(lines)
 
 
@@ -217,12 +247,11 @@ def text(data: dict[str, Any]) -> str:
                 f"{_x(r['cpu_per_request_x'])}, added p50/p99 at 50 ms c16: {subject} {_num(p50[0])}/{_num(p99[0])} "
                 f"ms, {peer} {_num(p50[1])}/{_num(p99[1])} ms"
             )
-        lines += ["", f"targets, {subject}:"]
-        for t in targets:
-            verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]] + (
-                " (noisy)" if t.get("noisy") else ""
-            )
-            lines.append(f"  {verdict:<20} {t['target']}: {_num(t['value'])} (target {t['op']} {t['limit']})")
+        lines += ["", f"targets, {subject}:", *_target_lines(targets)]
+    if data.get("targets_redis"):
+        described = data.get("gateways", {}).get("gateway-redis", "--state redis://")
+        lines += ["", f"targets, gateway-redis ({described}) vs gateway (memory://), same run:"]
+        lines += _target_lines(data["targets_redis"])
     scale = data["scale"]
     if scale:
         lines += [
@@ -258,6 +287,16 @@ def text(data: dict[str, Any]) -> str:
         else:
             lines += ["", f"profile {key}: {profile.get('error')}"]
     return "\n".join(lines)
+
+
+def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for t in targets:
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]] + (
+            " (noisy)" if t.get("noisy") else ""
+        )
+        lines.append(f"  {verdict:<20} {t['target']}: {_num(t['value'])} (target {t['op']} {t['limit']})")
+    return lines
 
 
 def _num(value: float | None) -> str:
@@ -310,7 +349,9 @@ def chart(data: dict[str, Any], path: Path) -> str:
         ax.set_ylim(bottom=floor)
         if bars_per_path > 1:
             ax.legend(fontsize=8)
-    measured = ", ".join(f"{k}: {v}" for k, v in data.get("gateways", {}).items()) or data["revision"]
+    gateways = data.get("gateways", {})
+    measured = ", ".join(f"{k}: {v}" for k, v in gateways.items() if k != "gateway-redis") or data["revision"]
+    measured += ", gateway-redis: the gateway with --state redis://" if "gateway-redis" in gateways else ""
     figure.suptitle(f"llm-gateway overhead ({measured}; {data['machine']['pinning']})", fontsize=11)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
