@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.evals.feedback import FeedbackAlreadyRecorded, UnknownRequest
 from gateway.fleet import FleetState, StateUrl, StateUrlError, open_state
 from gateway.fleet.limits import FleetRateLimiter
 from gateway.fleet.redis_state import RedisFleetState
@@ -173,3 +174,34 @@ def test_memory_is_the_default_and_reports_this_instance_alone() -> None:
     assert fleet["backend"] == "memory" and fleet["connected"] is True
     assert [i["id"] for i in fleet["instances"]] == [fleet["instance"]]
     assert "llm_gateway_state_backend_up 1.0" in metrics
+
+
+async def test_feedback_records_are_claimed_once_fleet_wide_and_expire_with_their_ttl(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(ONE_MODEL_POLICY.replace("${sim}", "sim://one") + "evals: {feedback_ttl_s: 1}\n", encoding="utf-8")
+    policy = load_policy(path)
+    url = StateUrl.parse(redis_server.url + "?prefix=feedback&sync_s=5")
+    first = Gateway(policy, state=RedisFleetState(url, "first"), run_health_checks=False, watch_policy=False)
+    second = Gateway(policy, state=RedisFleetState(url, "second"), run_health_checks=False, watch_policy=False)
+    await first.start()
+    await second.start()
+    try:
+        first.recorder.feedback.remember("r-1", "tiny", "chat", "app")
+        first.recorder.feedback.remember("r-2", "tiny", "chat", "app")
+        with pytest.raises(UnknownRequest):
+            await second.fleet.claim_feedback("r-1", "app")  # not synced yet (the loop syncs every 5 s here)
+        assert await first.fleet.flush()
+        with pytest.raises(UnknownRequest):
+            await second.fleet.claim_feedback("r-1", "other-key")  # another key's request stays invisible
+        answered = await second.fleet.claim_feedback("r-1", "app")
+        assert (answered.model, answered.cohort) == ("tiny", "chat")
+        with pytest.raises(FeedbackAlreadyRecorded):
+            await first.fleet.claim_feedback("r-1", "app")  # scored through the other instance
+        await asyncio.sleep(1.2)
+        with pytest.raises(UnknownRequest):
+            await second.fleet.claim_feedback("r-2", "app")  # older than feedback_ttl_s
+    finally:
+        await first.close()
+        await second.close()

@@ -24,6 +24,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
+from redis.typing import EncodableT, FieldT
 
 from gateway.evals.gates import GateState
 from gateway.evals.recorder import EvalRecorder
@@ -88,12 +89,25 @@ class EvidenceSync:
         """A score claimed here while the fleet store had no record of the answer yet (or was down)."""
         self._scored.append((key, request_id))
 
-    def feedback_keys(self, key: str | None, request_id: str) -> tuple[str, str]:
-        """The Redis keys of an answer's record and of its scored mark (the client key's name hashed, so names
-        with any characters never collide)."""
+    def feedback_field(self, key: str | None, request_id: str) -> str:
+        """An answer's field in the record slices (the client key's name hashed, so names with any characters
+        never collide)."""
         owner = "-" if key is None else hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
-        base = f"{self._prefix}:fb:{owner}:{request_id}"
-        return base, base + ":scored"
+        return f"{owner}:{request_id}"
+
+    def feedback_scored_key(self, key: str | None, request_id: str) -> str:
+        return f"{self._prefix}:fb-scored:{self.feedback_field(key, request_id)}"
+
+    def feedback_slices(self, now: float) -> list[str]:
+        """The record slices an answer younger than ``feedback_ttl_s`` can be in, newest first."""
+        ttl_s, width = self._recorder.spec.feedback_ttl_s, self._slice_s()
+        newest = int(now // width)
+        return [f"{self._prefix}:fb:{i}" for i in range(newest, int((now - ttl_s) // width) - 1, -1)]
+
+    def _slice_s(self) -> float:
+        """Answered requests are kept in one hash per slice of time (one write per sync, whatever the traffic);
+        about 60 slices cover ``feedback_ttl_s``."""
+        return max(60.0, self._recorder.spec.feedback_ttl_s / 60)
 
     def push(self, pipe: Pipeline, gate_write: AsyncScript) -> tuple[list[Handler | None], Callable[[], None]]:
         """Queue what changed here since the last sync; returns a handler per queued command (None: no answer
@@ -111,11 +125,18 @@ class EvidenceSync:
             pipe.hincrby(f"{p}:seen", window_field(key), counts[key])
             handlers += [None] * 4
         ttl_ms = int(spec.feedback_ttl_s * 1000)
-        for key_name, request_id, model, cohort in answered:
-            pipe.set(self.feedback_keys(key_name, request_id)[0], f"{model}\x1f{cohort}", px=ttl_ms)
-            handlers.append(None)
+        if answered:
+            now = self._wall()
+            at, width = int(now * 1000), self._slice_s()
+            records: dict[FieldT, EncodableT] = {
+                self.feedback_field(k, rid): f"{model}\x1f{cohort}\x1f{at}" for k, rid, model, cohort in answered
+            }
+            name = f"{p}:fb:{int(now // width)}"
+            pipe.hset(name, mapping=records)
+            pipe.pexpire(name, ttl_ms + int(width * 1000))
+            handlers += [None, None]
         for key_name, request_id in scored:
-            pipe.set(self.feedback_keys(key_name, request_id)[1], "1", nx=True, px=ttl_ms)
+            pipe.set(self.feedback_scored_key(key_name, request_id), "1", nx=True, px=ttl_ms)
             handlers.append(None)
         dirty, self._dirty = self._dirty, {}
         for (model, cohort), (version, forced) in dirty.items():

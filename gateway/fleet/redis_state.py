@@ -238,24 +238,25 @@ class RedisFleetState(FleetState):
     async def claim_feedback(self, request_id: str, key: str | None) -> AnsweredRequest:
         assert self._recorder is not None and self._evidence is not None
         local = self._recorder.feedback
-        record_key, scored_key = self._evidence.feedback_keys(key, request_id)
+        evidence = self._evidence
         found: Any = None
         if self._connected:
             ttl_ms = int(self._recorder.spec.feedback_ttl_s * 1000)
+            keys = [evidence.feedback_scored_key(key, request_id), *evidence.feedback_slices(time.time())]
             try:
                 async with asyncio.timeout(self.url.timeout_s):
-                    found = await self._claim(keys=[record_key, scored_key], args=[ttl_ms])
+                    found = await self._claim(keys=keys, args=[evidence.feedback_field(key, request_id), ttl_ms])
             except (RedisError, OSError, TimeoutError):
                 self._count_error("feedback")
         if found == b"scored":
             local.mark_scored(request_id, key)
             raise FeedbackAlreadyRecorded("feedback for this request id was already recorded", param="request_id")
         if isinstance(found, bytes):
-            model, _, cohort = found.decode().partition("\x1f")
+            model, cohort, _ = found.decode().split("\x1f", 2)
             local.mark_scored(request_id, key)
             return AnsweredRequest(model, cohort, scored=True)
         answered = local.claim(request_id, key)  # not in the fleet's store (yet), or Redis is down
-        self._evidence.scored(key, request_id)
+        evidence.scored(key, request_id)
         return answered
 
     async def put_document(self, name: str, doc: dict[str, Any]) -> bool:

@@ -17,11 +17,20 @@ return current
 """
 
 FEEDBACK_CLAIM = """
--- KEYS[1] the answer's record, KEYS[2] its scored mark; ARGV[1] the mark's lifetime (ms)
-local record = redis.call('GET', KEYS[1])
-if not record then return false end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return record end
-return 'scored'
+-- KEYS[1] the answer's scored mark; KEYS[2..] the record slices to look in, newest first.
+-- ARGV: the answer's field, its lifetime (ms). Returns the record, 'scored', or false.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #KEYS do
+  local record = redis.call('HGET', KEYS[i], ARGV[1])
+  if record then
+    local at = tonumber(string.match(record, '\\31(%d+)$'))
+    if at == nil or now - at > tonumber(ARGV[2]) then return false end
+    if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[2]) then return record end
+    return 'scored'
+  end
+end
+return false
 """
 
 BUCKETS = """
