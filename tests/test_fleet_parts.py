@@ -111,9 +111,13 @@ async def test_one_instance_holds_a_lease_and_documents_reach_every_instance(
         assert await first.fleet.hold_lease("rollouts", 0.3)  # renewed by its holder
         await asyncio.sleep(0.5)
         assert await second.fleet.hold_lease("rollouts", 1.0)  # the holder stopped renewing: taken over
-        assert await first.fleet.put_document("rollout:chat", {"step": 2, "weight": 25})
-        await second.fleet.flush()
-        assert second.fleet.document("rollout:chat") == {"step": 2, "weight": 25}
+        assert await first.fleet.put_document("rollout:chat", {"step": 2}) == {"step": 2, "version": 1}
+        stale = await second.fleet.put_document("rollout:chat", {"step": 0}, expected=0)
+        assert stale == {"step": 2, "version": 1}  # written since version 0: the stored one wins
+        assert await second.fleet.put_document("rollout:chat", {"step": 3}, expected=1) == {"step": 3, "version": 2}
+        await first.fleet.flush()
+        assert first.fleet.document("rollout:chat") == {"step": 3, "version": 2}
+        assert first.fleet.documents("rollout:") == {"rollout:chat": {"step": 3, "version": 2}}
         fleet = second.state()["fleet"]
         assert isinstance(fleet, dict)
         assert fleet["backend"] == "redis" and fleet["connected"] is True and fleet["instance"] == "second"

@@ -69,6 +69,7 @@ class RedisFleetState(FleetState):
         self._buckets = self._redis.register_script(scripts.BUCKETS)
         self._claim = self._redis.register_script(scripts.FEEDBACK_CLAIM)
         self._lease = self._redis.register_script(scripts.LEASE)
+        self._document_put = self._redis.register_script(scripts.DOCUMENT_PUT)
         self._limiter = FleetRateLimiter(clock)
         self._evidence: EvidenceSync | None = None
         self._connected = False
@@ -259,15 +260,18 @@ class RedisFleetState(FleetState):
         evidence.scored(key, request_id)
         return answered
 
-    async def put_document(self, name: str, doc: dict[str, Any]) -> bool:
-        self._documents[name] = doc
+    async def put_document(self, name: str, doc: dict[str, Any], expected: int | None = None) -> dict[str, Any] | None:
         try:
             async with asyncio.timeout(self.url.timeout_s):
-                await self._redis.hset(f"{self.url.prefix}:documents", name, json.dumps(doc))
+                stored = await self._document_put(
+                    keys=[f"{self.url.prefix}:documents"],
+                    args=[name, json.dumps(doc), "" if expected is None else expected],
+                )
         except (RedisError, OSError, TimeoutError):
             self._count_error("document")
-            return False
-        return True
+            return None
+        current = self._documents[name] = _json_object(stored)
+        return current
 
     async def hold_lease(self, name: str, ttl_s: float) -> bool:
         """Take or renew the lease; False when another instance holds it or Redis cannot say (nobody drives

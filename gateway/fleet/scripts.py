@@ -93,3 +93,17 @@ end
 if not holder and redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 return 0
 """
+
+DOCUMENT_PUT = """
+-- KEYS[1] documents hash; ARGV: name, JSON, expected version ('' for any). Returns the document stored now.
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+local version = 0
+if current then version = tonumber(cjson.decode(current)['version']) or 0 end
+if ARGV[3] == '' or not current or tonumber(ARGV[3]) == version then
+  local doc = cjson.decode(ARGV[2])
+  doc['version'] = version + 1
+  current = cjson.encode(doc)
+  redis.call('HSET', KEYS[1], ARGV[1], current)
+end
+return current
+"""

@@ -75,13 +75,20 @@ class FleetState:
         return self._recorder.feedback.claim(request_id, key)
 
     def document(self, name: str) -> dict[str, Any] | None:
-        """A shared document (rollout state) as last synced."""
+        """A shared document (rollout state) as last synced; its ``version`` counts its writes."""
         return self._documents.get(name)
 
-    async def put_document(self, name: str, doc: dict[str, Any]) -> bool:
-        """Store a shared document; True once the fleet has it (here: at once)."""
-        self._documents[name] = doc
-        return True
+    def documents(self, prefix: str) -> dict[str, dict[str, Any]]:
+        return {name: doc for name, doc in self._documents.items() if name.startswith(prefix)}
+
+    async def put_document(self, name: str, doc: dict[str, Any], expected: int | None = None) -> dict[str, Any] | None:
+        """Store ``doc`` if the stored version is still ``expected`` (None: whatever it is); returns the document
+        as stored now (the new one, or the one that won), or None when the store could not be reached."""
+        current = self._documents.get(name)
+        version = int(current.get("version", 0)) if current else 0
+        if expected is None or expected == version or current is None:
+            current = self._documents[name] = {**doc, "version": version + 1}
+        return current
 
     async def hold_lease(self, name: str, ttl_s: float) -> bool:
         """Take or renew the lease ``name`` for ``ttl_s``; True while this instance holds it (one instance here)."""
