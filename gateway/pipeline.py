@@ -20,7 +20,7 @@ from gateway.evaluate import finish, start_shadows
 from gateway.record import record
 from gateway.relay import relay_stream
 from gateway.routing.features import RequestFeatures
-from gateway.routing.planner import ModelFilter
+from gateway.routing.planner import ModelFilter, RolloutWeights
 from gateway.runtime import Gateway
 from gateway.snapshot import PolicySnapshot
 from gateway.spans import close_server_span, open_server_span
@@ -53,13 +53,14 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
     open_server_span(gateway.tracing, ctx)
     try:
         authorize(gateway, ctx)
-        classify_and_plan(snapshot, ctx, gateway.model_filter)
+        classify_and_plan(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight)
         allow_cohort(ctx.client_key, ctx.cohort)
         check_route_limits(ctx)
         answer = await with_fallbacks(gateway, ctx, policy)
     except GatewayError as exc:
         ctx.status = exc.status
         gateway.metrics.inflight.dec()
+        gateway.rollouts.observe(ctx)
         record(gateway.metrics, ctx)
         close_server_span(ctx, exc.status)
         raise
@@ -74,6 +75,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
         gateway.metrics.inflight.dec()
         charge(gateway, ctx)
         finish(gateway, ctx, primary)
+        gateway.rollouts.observe(ctx)
         record(gateway.metrics, ctx)
         close_server_span(ctx, ctx.status)
 
@@ -114,10 +116,12 @@ def check_route_limits(ctx: RequestContext) -> None:
         raise InvalidRequest(f"max_tokens={asked} is over this route's limit of {limit}", param="max_tokens")
 
 
-def classify_and_plan(snapshot: PolicySnapshot, ctx: RequestContext, skip: ModelFilter) -> None:
+def classify_and_plan(
+    snapshot: PolicySnapshot, ctx: RequestContext, skip: ModelFilter, rollouts: RolloutWeights | None = None
+) -> None:
     model = ctx.body.get("model")
     if not isinstance(model, str) or not snapshot.knows_model(model):
         raise ModelNotFound(str(model))
     features = ctx.features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
     ctx.decision = snapshot.classifier.classify(features)
-    ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id, skip)
+    ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id, skip, rollouts)

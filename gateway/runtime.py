@@ -20,6 +20,7 @@ from gateway.mirror import ShadowDispatcher
 from gateway.policy.loader import LoadedPolicy
 from gateway.policy.schema import PolicySpec
 from gateway.reload import PolicyReloader
+from gateway.rollouts.driver import RolloutDriver
 from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
 from gateway.telemetry.metrics import GatewayMetrics
@@ -69,6 +70,7 @@ class Gateway:
         self.health = HealthChecker(lambda: self.registry, self.client, lambda: self.snapshot.policy.spec.health)
         self.recorder = EvalRecorder(policy.spec.evals, self.metrics, clock, self._gate_transition)
         self.fleet.attach(self.recorder, lambda: (self.snapshot.policy.spec, self.snapshot.version), self.metrics)
+        self.rollouts = RolloutDriver(self.fleet, self.metrics, self.tracing, self.recorder.gates.tripped)
         self.shadows = ShadowDispatcher(
             self.client, lambda: self.registry, lambda: self.recorder, self.metrics, self.tracing
         )
@@ -83,6 +85,8 @@ class Gateway:
         if self.run_health_checks:
             self.health.start()
         await self.fleet.start()
+        self.rollouts.reconfigure(self.snapshot.policy.spec)
+        await self.rollouts.start()
         self.reloader.start(watch=self.watch_policy and Path(self.snapshot.policy.path).exists())
 
     async def apply_policy(self, policy: LoadedPolicy) -> None:
@@ -93,11 +97,13 @@ class Gateway:
         registry = BackendRegistry.from_policy(spec, self._resolve, self._clock, previous=self.registry)
         self.snapshot, self.registry = snapshot, registry  # no await in between: requests see both or neither
         self.recorder.reconfigure(spec.evals, set(spec.models), {c.name for c in spec.cohorts})
+        self.rollouts.reconfigure(spec)
         self.metrics.set_policy(snapshot.version)
 
     async def close(self) -> None:
         await self.reloader.stop()
         await self.health.stop()
+        await self.rollouts.close()
         await self.fleet.close()
         await self.shadows.close()
         self.tracing.shutdown()

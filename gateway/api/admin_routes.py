@@ -184,3 +184,23 @@ async def explain_request(request: Request) -> Response:
         if b.model in {a["model"] for a in result["attempts"]} | {s["model"] for s in result["skipped"]}
     ]
     return JSONResponse(result)
+
+
+@router.get("/rollouts")
+async def list_rollouts(request: Request) -> Response:
+    """Every route's rollout: state, step, the candidate's weight, and the evidence of the current step."""
+    gateway: Gateway = request.app.state.gateway
+    return JSONResponse({"rollouts": gateway.rollouts.snapshot()})
+
+
+@router.post("/rollouts/{route}")
+async def act_on_rollout(request: Request, route: str) -> Response:
+    """``{"action": "pause" | "resume" | "abort" | "promote"}``; 409 when the rollout's state does not allow it."""
+    gateway: Gateway = request.app.state.gateway
+    body = await json_body(request)
+    action = body.get("action")
+    if not isinstance(action, str):
+        raise InvalidRequest("'action' must be pause, resume, abort or promote", param="action")
+    await gateway.rollouts.act(route, action)
+    found = next(r for r in gateway.rollouts.snapshot() if r["route"] == route)
+    return JSONResponse(found)

@@ -89,6 +89,11 @@ class EvalGates:
         gate = self.spec.gate_for(model, cohort)
         return gate is not None and gate.mode == "enforce"
 
+    def tripped(self, model: str, cohort: str) -> bool:
+        """Whether the gate of (model, cohort) is tripped, in either mode (a rollout treats both as a failure)."""
+        state = self._states.get((model, cohort))
+        return state is not None and state.tripped
+
     def tripped_for(self, cohort: str) -> list[tuple[str, GateSpec]]:
         """Tripped models on ``cohort`` with their gate: they get probe traffic."""
         out = []

@@ -161,6 +161,8 @@ def _check_routes(policy: PolicySpec) -> Iterator[Problem]:
             if arm not in models:
                 yield (*here, *field), _unknown("model", arm, models)
         yield from _check_fallback(policy, route, primaries, here)
+        if route.rollout is not None:
+            yield from _check_rollout(policy, route, here)
         if route.mirror is not None:
             for i, name in enumerate(route.mirror.to):
                 if name not in models:
@@ -217,3 +219,13 @@ def _check_gates(policy: PolicySpec) -> Iterator[Problem]:
         for i, cohort in enumerate(gate.cohorts):
             if cohort not in cohorts:
                 yield ("evals", "gates", g, "cohorts", i), _unknown("cohort", cohort, cohorts)
+
+
+def _check_rollout(policy: PolicySpec, route: RouteSpec, here: Path) -> Iterator[Problem]:
+    rollout = route.rollout
+    assert rollout is not None
+    where: Path = (*here, "rollout", "candidate")
+    if rollout.candidate not in policy.models:
+        yield where, _unknown("model", rollout.candidate, policy.models)
+    elif rollout.candidate == route.target:
+        yield where, f"the candidate '{rollout.candidate}' is already the route's target"

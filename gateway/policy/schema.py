@@ -8,6 +8,7 @@ positions are at hand.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
@@ -124,6 +125,33 @@ class MirrorSpec(Strict):
     capture: CaptureSpec | None = None
 
 
+STICKY_HEADER = re.compile(r"header:[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}")
+
+
+class RolloutSpec(Strict):
+    """Move the cohort's traffic from the route's ``target`` (the incumbent) to ``candidate``, step by step, while
+    the candidate keeps passing its analysis; move it back (``rollback``) or hold it (``pause``) when it fails."""
+
+    candidate: str = Field(min_length=1)
+    steps: list[Annotated[int, Field(ge=1, le=100)]] = Field(
+        default_factory=lambda: [5, 25, 50, 100], min_length=1, max_length=20, description="percent on the candidate"
+    )
+    step_s: PositiveFloat = Field(default=600, le=30 * 86_400, description="at least this long at each step")
+    min_samples: PositiveInt = Field(default=200, le=1_000_000, description="candidate answers at a step to advance")
+    sticky: str = Field(default="request", description="assignment key: user | api_key | header:NAME | request")
+    max_error_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.02
+    max_latency_ratio: PositiveFloat = Field(default=1.5, description="candidate p95 / incumbent p95, same step")
+    on_failure: Literal["rollback", "pause"] = "rollback"
+
+    @model_validator(mode="after")
+    def _steps_and_sticky(self) -> RolloutSpec:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("'steps' must be strictly increasing percents within 1..100")
+        if self.sticky not in ("user", "api_key", "request") and not STICKY_HEADER.fullmatch(self.sticky):
+            raise ValueError("'sticky' must be user, api_key, request or header:NAME")
+        return self
+
+
 class RouteSpec(Strict):
     """Where a cohort's requests go: one ``target`` or a weighted ``split``, then the ``fallback`` chain."""
 
@@ -138,11 +166,14 @@ class RouteSpec(Strict):
     prefix_chars: PositiveInt = Field(default=256, description="balance: prefix hashes this many leading chars")
     max_tokens: PositiveInt | None = Field(default=None, description="reject requests asking for more tokens")
     session_header: str | None = Field(default=None, description="balance: session hashes this header, else user")
+    rollout: RolloutSpec | None = Field(default=None, description="step a candidate up on this cohort")
 
     @model_validator(mode="after")
     def _target_xor_split(self) -> RouteSpec:
         if (self.target is None) == (self.split is None):
             raise ValueError("a route needs exactly one of 'target' or 'split'")
+        if self.rollout is not None and self.target is None:
+            raise ValueError("a 'rollout' needs the route's 'target' (the incumbent it moves traffic from)")
         if self.sticky is not None and self.split is None:
             raise ValueError("'sticky' only applies to a 'split'")
         if self.session_header is not None and self.balance != "session":

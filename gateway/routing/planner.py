@@ -29,6 +29,36 @@ def no_filter(model: str, cohort: str) -> str | None:
     return None
 
 
+class RolloutWeights(Protocol):
+    """The percent of ``route``'s traffic its rollout puts on ``candidate`` now (live state, not the policy)."""
+
+    def __call__(self, route: str, candidate: str) -> float: ...
+
+
+def first_step(policy: PolicySpec) -> RolloutWeights:
+    """Without live state (``explain`` on the command line): every rollout at its first step."""
+
+    def weight(route: str, candidate: str) -> float:
+        rollout = policy.routes[route].rollout
+        return float(rollout.steps[0]) if rollout is not None and rollout.candidate == candidate else 0.0
+
+    return weight
+
+
+def rollout_key(sticky: str, features: RequestFeatures, request_id: str) -> str:
+    """What a rollout assigns by: the same key lands on the same side at every step (a user on the candidate at
+    5 % is still on it at 25 %), and on the candidate at every later step (the share only grows)."""
+    if sticky == "user" and features.user:
+        return "user:" + features.user
+    if sticky == "api_key" and features.api_key:
+        return "key:" + features.api_key
+    if sticky.startswith("header:"):
+        value = features.headers.get(sticky.removeprefix("header:").lower())
+        if value:
+            return "header:" + value
+    return "request:" + request_id
+
+
 def unit_hash(key: str) -> float:
     """A stable uniform number in [0, 1) from ``key``: the same user or request id always lands the same way."""
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
@@ -61,6 +91,13 @@ class Plan:
     mirror_to: tuple[str, ...] = ()
     mirror_u: float | None = None
     mirror_sample: float = 0.0
+    rollout_candidate: str | None = None  # the route's rollout candidate (None: no rollout, or a pinned model)
+    rollout_weight: float = 0.0  # its percent of the traffic now
+    rollout_u: float | None = None  # this request's place in [0, 1): on the candidate when below weight / 100
+
+    @property
+    def on_candidate(self) -> bool:
+        return self.rollout_u is not None and self.rollout_u * 100 < self.rollout_weight
 
     @property
     def primary_skipped(self) -> Skipped | None:
@@ -103,14 +140,24 @@ class Planner:
         features: RequestFeatures,
         request_id: str,
         skip: ModelFilter = no_filter,
+        rollouts: RolloutWeights | None = None,
     ) -> Plan:
         route_name, _ = self._policy.route_for(cohort)
         route = self._routes[route_name]
         split_choice: str | None = None
         split_u: float | None = None
         pinned = features.model in self._policy.models
+        rollout = route.spec.rollout
+        rollout_u: float | None = None
+        weight = 0.0
         if pinned:
             ordered = [features.model, *(m for m in route.fallback if m != features.model)]
+        elif rollout is not None:
+            weight = (rollouts or first_step(self._policy))(route_name, rollout.candidate)
+            key = rollout_key(rollout.sticky, features, request_id)
+            rollout_u = unit_hash(f"rollout:{route_name}:{rollout.candidate}:{key}")
+            incumbent = [route.arms[0], *(m for m in route.fallback if m != rollout.candidate)]
+            ordered = [rollout.candidate, *incumbent] if rollout_u * 100 < weight else incumbent
         elif len(route.arms) == 1:
             ordered = [route.arms[0], *route.fallback]
         else:
@@ -144,4 +191,7 @@ class Planner:
             mirror_to=mirror_to,
             mirror_u=mirror_u,
             mirror_sample=mirror.sample if mirror else 0.0,
+            rollout_candidate=rollout.candidate if rollout is not None and not pinned else None,
+            rollout_weight=weight,
+            rollout_u=rollout_u,
         )

@@ -140,6 +140,24 @@ class GatewayMetrics:
         )
         self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)
         self.policy_reloads = Counter(p + "policy_reloads", "Policy loads by outcome.", ["outcome"], registry=r)
+        self.rollout_weight = Gauge(
+            p + "rollout_weight",
+            "Percent of the cohort's traffic a rollout puts on its candidate.",
+            ["route", "candidate"],
+            registry=r,
+        )
+        self.rollout_state = Gauge(
+            p + "rollout_state",
+            "1 for the state a rollout is in (progressing, paused, rolled_back, promoted).",
+            ["route", "candidate", "state"],
+            registry=r,
+        )
+        self.rollout_transitions = Counter(
+            p + "rollout_transitions_total",
+            "Rollout transitions this instance decided, by the state entered.",
+            ["route", "candidate", "to"],
+            registry=r,
+        )
         self.state_backend_up = Gauge(
             p + "state_backend_up", "1 while the fleet state store (memory, or Redis) is reachable.", registry=r
         ).only

@@ -96,6 +96,9 @@ class Series(Collector, Generic[C]):
     def clear(self) -> None:
         self._children.clear()
 
+    def remove(self, *values: str) -> None:
+        self._children.pop(values, None)
+
     @property
     def only(self) -> C:
         """The child of an unlabelled series."""
