@@ -82,6 +82,8 @@ class ShadowDispatcher:
         self.agreement: Counter[tuple[str, str, str, str]] = Counter()  # (model, cohort, check, result)
         self.outcomes: Counter[tuple[str, str, str]] = Counter()  # (model, cohort, outcome)
         self._writers: dict[str, CaptureWriter] = {}
+        self.on_answer: Callable[[str, str, bool, float | None], None] | None = None
+        """(cohort, model, answered, latency): shadow evidence for a rollout of that model on that cohort."""
 
     def submit(self, job: ShadowJob) -> bool:
         """Queue ``job``; False (and counted as dropped) when its target is at capacity."""
@@ -112,6 +114,9 @@ class ShadowDispatcher:
                 answer = await self._send(job)
         finally:
             lane.pending -= 1
+        if self.on_answer is not None:
+            latency = None if answer is None else answer.ttft_s if answer.ttft_s is not None else answer.total_s
+            self.on_answer(job.cohort, job.model, answer is not None, latency)
         if answer is None:
             return
         self._recorder().evaluate(job.model, job.cohort, answer, "shadow")

@@ -74,6 +74,7 @@ class Gateway:
         self.shadows = ShadowDispatcher(
             self.client, lambda: self.registry, lambda: self.recorder, self.metrics, self.tracing
         )
+        self.shadows.on_answer = self.rollouts.observe_shadow
 
     async def start(self) -> None:
         await self.client.start()

@@ -91,13 +91,25 @@ class Fleet:
         self.policy.write_text(policy.replace("${sim}", self.sim_url), encoding="utf-8")
         self.state_url = state_url
         self.gateways: list[Process] = []
-        self.urls: list[str] = []
-        for i in range(instances):
-            port_n = free_port()
-            args = ["serve", "--policy", str(self.policy), "--port", str(port_n), "--state", state_url, "--no-watch"]
+        self.urls = [f"http://127.0.0.1:{free_port()}" for _ in range(instances)]
+        self._start_gateways()
+
+    def _start_gateways(self) -> None:
+        self.gateways = []
+        for i, url in enumerate(self.urls):
+            port = url.rsplit(":", 1)[1]
+            args = ["serve", "--policy", str(self.policy), "--port", port, "--state", self.state_url, "--no-watch"]
             env = {"GATEWAY_ADMIN_TOKEN": TOKEN, "GATEWAY_INSTANCE_ID": f"gw-{i}"}
-            self.gateways.append(Process(args, self.dir / f"gateway-{i}.log", env))
-            self.urls.append(f"http://127.0.0.1:{port_n}")
+            log = self.dir / f"gateway-{i}-{len(list(self.dir.glob(f'gateway-{i}-*.log')))}.log"
+            self.gateways.append(Process(args, log, env))
+
+    def restart_gateways(self) -> None:
+        """Stop every gateway instance, then start them again on the same ports (the simulator keeps running)."""
+        for process in self.gateways:
+            process.stop()
+        self._start_gateways()
+        for url in self.urls:
+            wait_ready(url)
 
     def __enter__(self) -> Fleet:
         try:

@@ -71,6 +71,7 @@ class RolloutDriver:
         self._evidence: dict[Key, StepEvidence] = {}
         self._published: dict[Key, tuple[int, int, int]] = {}
         self._weights: dict[str, tuple[str, float]] = {}  # route → (candidate, percent), read by the request path
+        self._route_of: dict[str, str] = {}  # cohort → the route that serves it
         self._task: asyncio.Task[None] | None = None
 
     def reconfigure(self, policy: PolicySpec) -> None:
@@ -83,6 +84,7 @@ class RolloutDriver:
         for key in [k for k in self.states if k not in specs]:
             self._end(key)
         self._specs = specs
+        self._route_of = {cohort.name: policy.route_for(cohort.name)[0] for cohort in policy.cohorts}
         for key in specs:
             if key not in self.states:
                 self.states[key] = RolloutState(*key, since=self._clock(), step_id=0)
@@ -115,9 +117,10 @@ class RolloutDriver:
             return
         evidence.add_answer(answered == plan.rollout_candidate, ctx.first_byte_at - ctx.started)
 
-    def observe_shadow(self, route: str, model: str, ok: bool, latency_s: float | None) -> None:
-        """A shadow copy to a rollout's candidate: evidence of the step like a primary answer."""
-        evidence = self._evidence.get((route, model))
+    def observe_shadow(self, cohort: str, model: str, ok: bool, latency_s: float | None) -> None:
+        """A shadow copy to a rollout's candidate on its cohort: evidence of the step like a primary answer."""
+        route = self._route_of.get(cohort)
+        evidence = self._evidence.get((route, model)) if route is not None else None
         if evidence is None:
             return
         evidence.add_attempt(not ok)
