@@ -173,3 +173,41 @@ def test_a_reload_keeps_the_rollout_of_the_same_route_and_candidate_and_ends_a_r
         stack.policy_path.write_text(text)
         assert httpx.post(f"{stack.url}/admin/policy/reload", headers=AUTH).status_code == 200
         assert stack.wait_for(lambda: rollout(stack)["state"] == "progressing" and rollout(stack)["weight"] == 10.0)
+
+
+GATED = POLICY.replace(
+    "  chat: {target: incumbent}\n",
+    """  chat: {target: incumbent}
+evals:
+  gates:
+    - {models: [merged-v1], cohorts: [billing], evaluators: [json_valid], max_fail_rate: 0.2, min_samples: 8}
+""",
+)
+
+
+def test_invalid_json_under_a_json_valid_gate_at_the_second_step_rolls_the_candidate_back(admin_token: None) -> None:
+    with Stack(GATED.replace("${step_s}", "0.5"), SIMS) as stack, httpx.Client(timeout=10) as client:
+        assert stack.wait_for(lambda: rollout(stack)["weight"] == 10.0)
+        body = {"model": "assistant", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+        body["response_format"] = {"type": "json_object"}
+        n = 0
+
+        def send() -> httpx.Response:
+            nonlocal n
+            n += 1
+            answer = client.post(
+                f"{stack.url}/v1/chat/completions", json={**body, "user": f"j-{n}"}, headers={"x-topic": "billing"}
+            )
+            assert answer.status_code == 200, answer.text
+            return answer
+
+        while rollout(stack)["weight"] < 50 and n < 2000:
+            send()
+        assert rollout(stack)["weight"] == 50.0
+        stack.configure("cand", {"set": {"invalid_json_rate": 1.0}})
+        while rollout(stack)["state"] == "progressing" and n < 4000:
+            send()
+        state = rollout(stack)
+        assert state["state"] == "rolled_back", state
+        assert "eval gate" in state["reason"] and state["decided_on"]["gate_tripped"] is True
+        assert all(send().headers["x-gateway-model"] == "incumbent" for _ in range(10))

@@ -158,8 +158,10 @@ class RolloutDriver:
         now = self._clock()
         for key, (spec, route) in list(self._specs.items()):
             state = self.states[key]
-            if state.version == 0:  # nobody wrote it yet: the first step starts now, for every instance
-                await self._write(key, RolloutState(*key, since=now, step_id=1, reason="started"), 0, "analysis")
+            if state.version == 0:  # nobody wrote it yet (or it ended): the first step starts now, for every instance
+                ended = self._fleet.document(document_name(key)) or {}
+                expected = int(ended.get("version", 0)) if ended.get("ended") else 0
+                await self._write(key, RolloutState(*key, since=now, step_id=1, reason="started"), expected, "analysis")
                 continue
             cohort = route
             verdict = judge(spec, state, self._fleet_evidence(key), self._blocked(key[1], cohort), now)
@@ -194,6 +196,7 @@ class RolloutDriver:
     async def _transition(self, key: Key, verdict: Verdict, by: str) -> bool:
         state = self.states[key]
         evidence = self._fleet_evidence(key).summary()
+        evidence["gate_tripped"] = self._blocked(key[1], key[0])
         new = RolloutState(
             *key,
             state=verdict.to,
@@ -212,6 +215,8 @@ class RolloutDriver:
         stored = await self._fleet.put_document(document_name(key), new.as_json(), expected)
         if stored is None:
             return False
+        if stored.get("ended"):
+            return True  # an ended rollout's document won over a stale state: the next tick starts afresh
         adopted = RolloutState.from_json(stored)
         won = adopted.step_id == new.step_id and adopted.state == new.state and adopted.reason == new.reason
         self._adopt(key, adopted)
