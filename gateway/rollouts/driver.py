@@ -161,7 +161,9 @@ class RolloutDriver:
             if state.version == 0:  # nobody wrote it yet (or it ended): the first step starts now, for every instance
                 ended = self._fleet.document(document_name(key)) or {}
                 expected = int(ended.get("version", 0)) if ended.get("ended") else 0
-                await self._write(key, RolloutState(*key, since=now, step_id=1, reason="started"), expected, "analysis")
+                await self._write(
+                    key, RolloutState(*key, since=round(now, 3), step_id=1, reason="started"), expected, "analysis"
+                )
                 continue
             cohort = route
             verdict = judge(spec, state, self._fleet_evidence(key), self._blocked(key[1], cohort), now)
@@ -175,25 +177,31 @@ class RolloutDriver:
             raise InvalidRequest(f"route '{route}' has no rollout", param="route")
         if action not in ACTIONS:
             raise InvalidRequest(f"'action' must be one of {', '.join(ACTIONS)}", param="action")
-        state = self.states[key]
         allowed = {
             "pause": ("progressing",),
             "resume": ("paused", "rolled_back"),
             "abort": ("progressing", "paused", "promoted"),
             "promote": ("progressing", "paused", "rolled_back"),
         }[action]
-        if state.state not in allowed:
-            raise RolloutConflict(f"cannot {action} a rollout that is {state.state}")
-        if action == "resume" and state.state == "rolled_back":
-            verdict = Verdict("progressing", 0, "resumed by an operator: back to the first step")
-        else:
-            to = {"pause": "paused", "resume": "progressing", "abort": "rolled_back", "promote": "promoted"}[action]
-            verdict = Verdict(to, state.step, f"{action} by an operator")
-        if not await self._transition(key, verdict, "operator"):
-            raise StateUnavailable("the fleet state store is unreachable; the rollout is unchanged, try again")
-        return self.states[key]
+        for _ in range(3):  # judged again on the newer state when another instance changed it meanwhile
+            state = self.states[key]
+            if state.state not in allowed:
+                raise RolloutConflict(f"cannot {action} a rollout that is {state.state}")
+            if action == "resume" and state.state == "rolled_back":
+                verdict = Verdict("progressing", 0, "resumed by an operator: back to the first step")
+            else:
+                to = {"pause": "paused", "resume": "progressing", "abort": "rolled_back", "promote": "promoted"}
+                verdict = Verdict(to[action], state.step, f"{action} by an operator")
+            won = await self._transition(key, verdict, "operator")
+            if won is None:
+                raise StateUnavailable("the fleet state store is unreachable; the rollout is unchanged, try again")
+            if won:
+                return self.states[key]
+        raise RolloutConflict("the rollout kept changing while this action was applied; try again")
 
-    async def _transition(self, key: Key, verdict: Verdict, by: str) -> bool:
+    async def _transition(self, key: Key, verdict: Verdict, by: str) -> bool | None:
+        """Write the transition over the version it was judged on: True when it won, False when another one was
+        written first (now adopted), None when the store could not be reached."""
         state = self.states[key]
         evidence = self._fleet_evidence(key).summary()
         evidence["gate_tripped"] = self._blocked(key[1], key[0])
@@ -202,27 +210,31 @@ class RolloutDriver:
             state=verdict.to,
             step=verdict.step,
             step_id=state.step_id + 1,  # evidence starts afresh after every transition
-            since=self._clock(),
+            since=round(self._clock(), 3),  # exact through JSON in Redis (14 digits)
             reason=verdict.reason,
             evidence=evidence,
         )
-        expected = None if by == "operator" else state.version
-        return await self._write(key, new, expected, by, previous=state)
+        return await self._write(key, new, state.version, by, previous=state)
 
     async def _write(
         self, key: Key, new: RolloutState, expected: int | None, by: str, previous: RolloutState | None = None
-    ) -> bool:
+    ) -> bool | None:
         stored = await self._fleet.put_document(document_name(key), new.as_json(), expected)
         if stored is None:
-            return False
+            return None
         if stored.get("ended"):
-            return True  # an ended rollout's document won over a stale state: the next tick starts afresh
+            return False  # an ended rollout's document won over a stale state: the next tick starts afresh
         adopted = RolloutState.from_json(stored)
-        won = adopted.step_id == new.step_id and adopted.state == new.state and adopted.reason == new.reason
+        won = (adopted.step_id, adopted.state, adopted.since, adopted.reason) == (
+            new.step_id,
+            new.state,
+            new.since,
+            new.reason,
+        )
         self._adopt(key, adopted)
         if won and previous is not None:
             self._announce(key, previous, adopted, by)
-        return True
+        return won
 
     def _apply_fleet(self, key: Key) -> None:
         doc = self._fleet.document(document_name(key))
