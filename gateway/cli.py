@@ -1,5 +1,5 @@
-"""``llm-gateway``: serve, check, explain, sim, schema, eval (see docs/architecture.md). Wires the parts together; no
-logic of its own."""
+"""``llm-gateway``: serve, check, explain, sim, schema, eval, rollout (see docs/architecture.md). Wires the parts
+together; no logic of its own."""
 
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ from gateway.api.server import ConnectionLimits, ListenError, listen, server_con
 from gateway.fleet import StateUrlError, open_state
 from gateway.policy import PolicyError, load_policy
 from gateway.promote.options import add_eval_arguments
+from gateway.rollouts.cli import add_rollout_arguments, run_rollout
 
-DESCRIPTION = "An OpenAI-compatible LLM gateway: serve, check, explain, sim, schema, eval (see docs/architecture.md)."
+DESCRIPTION = (
+    "An OpenAI-compatible LLM gateway: serve, check, explain, sim, schema, eval, rollout (see docs/architecture.md)."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,9 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("schema", help="print the JSON Schema of policy files (for editors)")
 
     add_eval_arguments(commands.add_parser("eval", help="promotion gate: a candidate against its sources per cohort"))
+    add_rollout_arguments(commands.add_parser("rollout", help="a running gateway's progressive rollouts (admin API)"))
 
     args = parser.parse_args(argv)
-    handlers = {"serve": _serve, "check": _check, "explain": _explain, "sim": _sim, "schema": _schema, "eval": _eval}
+    handlers = {
+        "serve": _serve,
+        "check": _check,
+        "explain": _explain,
+        "sim": _sim,
+        "schema": _schema,
+        "eval": _eval,
+        "rollout": run_rollout,
+    }
     handler = handlers[args.command]
     return handler(args)
 

@@ -159,7 +159,8 @@ async def reload_policy(request: Request) -> Response:
 
 @router.post("/explain")
 async def explain_request(request: Request) -> Response:
-    """A request body in; the live routing decision out (current gate, health and breaker states included)."""
+    """A request body in; the live routing decision out (current gate, health and breaker states, and each
+    rollout's current weight and state, included)."""
     gateway: Gateway = request.app.state.gateway
     body = await json_body(request)
     snapshot = gateway.snapshot
@@ -175,6 +176,8 @@ async def explain_request(request: Request) -> Response:
         headers=headers,
         request_id=request_id,
         skip=gateway.model_filter,
+        rollouts=gateway.rollouts.weight,
+        rollout_states=gateway.rollouts.states,
     )
     result["policy_version"] = snapshot.version
     result["gates"] = [g for g in gateway.recorder.gates.snapshot() if g["cohort"] == result["cohort"]]

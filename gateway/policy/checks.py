@@ -8,10 +8,11 @@ the YAML position, and misspelled names get a did-you-mean.
 from __future__ import annotations
 
 import difflib
+import itertools
 import re
 from collections.abc import Iterable, Iterator
 
-from gateway.policy.schema import SOURCES, Match, PolicySpec, RouteSpec
+from gateway.policy.schema import SOURCES, STICKY_HEADER, Match, PolicySpec, RouteSpec
 from gateway.policy.yamlpos import Path
 
 Problem = tuple[Path, str]
@@ -221,11 +222,24 @@ def _check_gates(policy: PolicySpec) -> Iterator[Problem]:
                 yield ("evals", "gates", g, "cohorts", i), _unknown("cohort", cohort, cohorts)
 
 
+STICKY_KEYS = ("user", "api_key", "request")
+
+
 def _check_rollout(policy: PolicySpec, route: RouteSpec, here: Path) -> Iterator[Problem]:
+    """The candidate, the steps and the assignment key, each reported at its own line."""
     rollout = route.rollout
     assert rollout is not None
-    where: Path = (*here, "rollout", "candidate")
+    where: Path = (*here, "rollout")
+    if route.target is None:
+        yield where, "a 'rollout' needs the route's 'target' (the incumbent it moves traffic from), not a 'split'"
     if rollout.candidate not in policy.models:
-        yield where, _unknown("model", rollout.candidate, policy.models)
+        yield (*where, "candidate"), _unknown("model", rollout.candidate, policy.models)
     elif rollout.candidate == route.target:
-        yield where, f"the candidate '{rollout.candidate}' is already the route's target"
+        yield (*where, "candidate"), f"the candidate '{rollout.candidate}' is already the route's target"
+    for i, (before, step) in enumerate(itertools.pairwise(rollout.steps), 1):
+        if step <= before:
+            yield (*where, "steps", i), f"steps must be strictly increasing: {step} comes after {before}"
+    sticky = rollout.sticky
+    if sticky not in STICKY_KEYS and not STICKY_HEADER.fullmatch(sticky):
+        known = "user, api_key, request or header:NAME"
+        yield (*where, "sticky"), f"'{sticky}' is not a rollout key: {known}{did_you_mean(sticky, STICKY_KEYS)}"

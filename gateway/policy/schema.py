@@ -47,7 +47,7 @@ class TlsSpec(Strict):
 class ModelSpec(Strict):
     """One model of the registry: a name the gateway knows and the vLLM replicas that serve it."""
 
-    kind: Literal["base", "source", "merged", "candidate"]
+    kind: Literal["base", "source", "merged", "candidate", "embedding"]
     backends: list[str] = Field(min_length=1, description="vLLM base URLs (http://host:port) or sim://NAME")
     served_name: str | None = Field(
         default=None, description="the name vLLM serves it under; defaults to the registry name"
@@ -143,14 +143,6 @@ class RolloutSpec(Strict):
     max_latency_ratio: PositiveFloat = Field(default=1.5, description="candidate p95 / incumbent p95, same step")
     on_failure: Literal["rollback", "pause"] = "rollback"
 
-    @model_validator(mode="after")
-    def _steps_and_sticky(self) -> RolloutSpec:
-        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
-            raise ValueError("'steps' must be strictly increasing percents within 1..100")
-        if self.sticky not in ("user", "api_key", "request") and not STICKY_HEADER.fullmatch(self.sticky):
-            raise ValueError("'sticky' must be user, api_key, request or header:NAME")
-        return self
-
 
 class RouteSpec(Strict):
     """Where a cohort's requests go: one ``target`` or a weighted ``split``, then the ``fallback`` chain."""
@@ -172,8 +164,6 @@ class RouteSpec(Strict):
     def _target_xor_split(self) -> RouteSpec:
         if (self.target is None) == (self.split is None):
             raise ValueError("a route needs exactly one of 'target' or 'split'")
-        if self.rollout is not None and self.target is None:
-            raise ValueError("a 'rollout' needs the route's 'target' (the incumbent it moves traffic from)")
         if self.sticky is not None and self.split is None:
             raise ValueError("'sticky' only applies to a 'split'")
         if self.session_header is not None and self.balance != "session":

@@ -27,7 +27,7 @@ from gateway.promote.backends import BackendKeyMissing, SimBackends, endpoint_fo
 from gateway.promote.caller import ChatCaller
 from gateway.promote.dataset import Case, DatasetError, load_dataset
 from gateway.promote.decide import CohortDecision, decide_cohort
-from gateway.promote.options import UsageError, effective_settings
+from gateway.promote.options import UsageError, effective_settings, rollout_block
 from gateway.promote.progress import ProgressBar
 from gateway.promote.propose import propose
 from gateway.promote.push import PushFailed, push, push_results
@@ -57,6 +57,7 @@ class Plan:
     repeats: int
     retries: int
     push_token: str | None
+    rollout: dict[str, Any] | None = None  # --as-rollout: the block earned routes get (without the candidate)
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -112,6 +113,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         if cohort not in names:
             raise UsageError(f"--cohorts: unknown cohort '{cohort}'{did_you_mean(cohort, names)}")
     settings = effective_settings(spec.evals.promotion, args)
+    rollout = rollout_block(args)
     cases = load_dataset(args.dataset, names)
     present = {case.cohort for case in cases}
     asked = args.cohorts or [n for n in names if n in present]
@@ -131,6 +133,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         repeats=args.repeats,
         retries=args.retries,
         push_token=token,
+        rollout=rollout,
     )
 
 
@@ -202,7 +205,7 @@ def write_outputs(
     from gateway.promote.chart import draw_report  # matplotlib is slow to import: only when writing
 
     plan.out.mkdir(parents=True, exist_ok=True)
-    proposal = propose(plan.raw, plan.policy.spec, plan.candidate, decisions, plan.settings)
+    proposal = propose(plan.raw, plan.policy.spec, plan.candidate, decisions, plan.settings, rollout=plan.rollout)
     (plan.out / "policy.proposed.yaml").write_text(proposal.text, encoding="utf-8")
     info = RunInfo(
         policy=str(args.policy),

@@ -6,11 +6,12 @@ Kept free of heavy imports: the CLI builds every subcommand's parser at start-up
 from __future__ import annotations
 
 import argparse
+import itertools
 from typing import Any
 
 from pydantic import ValidationError
 
-from gateway.policy.schema import PromotionSpec
+from gateway.policy.schema import PromotionSpec, RolloutSpec
 
 FLAG_SETTINGS = {
     "require": "evaluators",
@@ -38,6 +39,17 @@ def names(text: str) -> list[str]:
     return parts
 
 
+def percents(text: str) -> list[int]:
+    """``5,25,50,100`` → ``[5, 25, 50, 100]``: a rollout's steps, whole percents in 1..100, strictly increasing."""
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of whole percents") from None
+    if not all(1 <= step <= 100 for step in steps) or any(b <= a for a, b in itertools.pairwise(steps)):
+        raise argparse.ArgumentTypeError(f"'{text}': steps must be strictly increasing percents within 1..100")
+    return steps
+
+
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", required=True, help="routing policy YAML (its backends are called directly)")
     parser.add_argument("--dataset", required=True, help="JSONL eval cases (docs/promotion.md)")
@@ -53,6 +65,18 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--judge", metavar="MODEL", help="a policy model grading groundedness and helpfulness")
     parser.add_argument("--push", metavar="URL", help="POST the results to this gateway's /admin/evals")
     parser.add_argument("--sim-profile", metavar="PATH", help="simulator profile for sim:// backends")
+    proposal = parser.add_argument_group("the proposed policy")
+    proposal.add_argument(
+        "--as-rollout",
+        action="store_true",
+        help="earned cohorts keep their target and get a 'rollout' of the candidate, instead of a switch",
+    )
+    proposal.add_argument(
+        "--rollout-steps", type=percents, metavar="P1,P2,...", help="the rollout's steps in %% (default 5,25,50,100)"
+    )
+    proposal.add_argument(
+        "--rollout-step-s", type=float, metavar="S", help="seconds at each step at least (default 600)"
+    )
     thresholds = parser.add_argument_group("thresholds (override the policy's evals.promotion)")
     thresholds.add_argument("--require", type=names, metavar="EVALUATORS", help="required evaluators")
     thresholds.add_argument("--tolerance", type=float, help="allowed shortfall vs the best baseline (0..1)")
@@ -80,3 +104,28 @@ def effective_settings(configured: PromotionSpec | None, args: argparse.Namespac
             for e in exc.errors(include_url=False)
         )
         raise UsageError(f"invalid promotion settings: {problems}") from None
+
+
+def rollout_block(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``rollout`` block (without ``candidate``) that ``--as-rollout`` writes on earned routes; None without it.
+
+    The steps, the step time, ``min_samples`` and ``on_failure`` are written out, so the proposal says what it does.
+    """
+    steps, step_s = args.rollout_steps, args.rollout_step_s
+    if not args.as_rollout:
+        if steps is not None or step_s is not None:
+            raise UsageError("--rollout-steps and --rollout-step-s need --as-rollout")
+        return None
+    defaults = RolloutSpec(candidate="-")
+    data = {"candidate": "-", "steps": steps or defaults.steps, "step_s": defaults.step_s if step_s is None else step_s}
+    try:
+        spec = RolloutSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in exc.errors(include_url=False))
+        raise UsageError(f"--rollout-step-s: {problems}") from None
+    return {
+        "steps": spec.steps,
+        "step_s": int(spec.step_s) if spec.step_s.is_integer() else spec.step_s,
+        "min_samples": spec.min_samples,
+        "on_failure": spec.on_failure,
+    }

@@ -6,6 +6,9 @@ Edits are made on the input's own YAML data (key order and untouched sections ke
   head of the fallback chain, followed by the old chain (``sources`` written out, so it keeps its old meaning), the
   candidate removed from it and from the route's mirror; a cohort that used the default cohort's route gets a route
   of its own;
+* or, with ``--as-rollout``, an earned cohort keeps its incumbent as the ``target`` (a split's heaviest other arm,
+  the rest of the chain after it) and gets a ``rollout`` of the candidate, which the gateway steps up while the
+  candidate keeps passing its analysis (and moves back when it fails);
 * a cohort the candidate was asked to take but did not earn gets a mirror to the candidate (``shadow_sample``), so
   it keeps collecting evidence without serving anyone; a route that already sends it to the candidate is left as
   is (and the report says so);
@@ -18,7 +21,7 @@ The result is validated by :func:`gateway.policy.parse_policy` (the same checks 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +73,10 @@ def propose(
     decisions: Sequence[CohortDecision],
     settings: PromotionSpec,
     filename: str = "policy.proposed.yaml",
+    *,
+    rollout: Mapping[str, Any] | None = None,
 ) -> Proposal:
+    """``rollout``: the ``rollout`` block (without ``candidate``) that earned cohorts get instead of a switch."""
     data = copy.deepcopy(raw)
     routes: dict[str, Any] = data["routes"]
     changes: list[str] = []
@@ -80,15 +86,27 @@ def propose(
             continue
         key, route = spec.route_for(decision.cohort)
         primaries = [route.target] if route.target is not None else list(route.split or {})
+        rolling_out = route.rollout is not None and route.rollout.candidate == candidate
+        own = key == decision.cohort
         if decision.earned and candidate in primaries and len(primaries) == 1:
             changes.append(f"{decision.cohort}: already routed to {candidate}")
-        elif decision.earned:
-            routes[decision.cohort] = _promoted(routes[key], spec, route, candidate, own=key == decision.cohort)
-            fallback = routes[decision.cohort]["fallback"]
-            changes.append(f"{decision.cohort}: routed to {candidate}, fallback {fallback}")
+        elif decision.earned and rollout is not None and rolling_out:
+            changes.append(f"{decision.cohort}: {candidate} is already rolling out on its route; left as is")
+        elif decision.earned and rollout is not None:
+            routes[decision.cohort] = _rolled_out(routes[key], spec, route, candidate, rollout, own=own)
+            changes.append(_rollout_change(decision.cohort, routes[decision.cohort], route if own else None))
             newly_served.append(decision)
-        elif candidate in primaries:
-            changes.append(f"{decision.cohort}: held, but its route already sends it to {candidate}; left as is")
+        elif decision.earned:
+            routes[decision.cohort] = _promoted(routes[key], spec, route, candidate, own=own)
+            fallback = routes[decision.cohort]["fallback"]
+            change = f"{decision.cohort}: routed to {candidate}, fallback {fallback}"
+            if own and route.rollout is not None:
+                change += f"; its rollout of {route.rollout.candidate} is removed"
+            changes.append(change)
+            newly_served.append(decision)
+        elif candidate in primaries or rolling_out:
+            how = "sends it to" if candidate in primaries else "rolls out"
+            changes.append(f"{decision.cohort}: held, but its route already {how} {candidate}; left as is")
         else:
             shadowed = copy.deepcopy(routes[key])
             routes[decision.cohort] = _with_mirror(shadowed, candidate, settings.shadow_sample)
@@ -121,7 +139,7 @@ def _promoted(
             promoted["target"] = candidate
         elif key == "fallback":
             promoted["fallback"] = fallback
-        elif key != "sticky":
+        elif key not in ("sticky", "rollout"):
             promoted[key] = copy.deepcopy(value)
     promoted["fallback"] = fallback
     mirror = promoted.get("mirror")
@@ -130,6 +148,55 @@ def _promoted(
         if not mirror["to"]:
             del promoted["mirror"]
     return promoted
+
+
+def _rolled_out(
+    raw_route: dict[str, Any],
+    spec: PolicySpec,
+    route: RouteSpec,
+    candidate: str,
+    rollout: Mapping[str, Any],
+    *,
+    own: bool,
+) -> dict[str, Any]:
+    """The route with its incumbent kept as the target and a rollout of the candidate: a route with a target keeps
+    its fallback as written (less the candidate); a split, or the default route copied for a cohort, gets the
+    chain's first model other than the candidate as the target and the rest of the chain as its fallback."""
+    block = {"candidate": candidate, **rollout}
+    if own and route.target is not None:
+        kept = copy.deepcopy(raw_route)
+        if isinstance(kept.get("fallback"), list):
+            kept["fallback"] = [m for m in kept["fallback"] if m != candidate]
+        kept["rollout"] = block
+        return kept
+    incumbent, *fallback = [m for m in chain(spec, route) if m != candidate]
+    if not own:
+        settings = {k: copy.deepcopy(v) for k, v in raw_route.items() if k in _ROUTE_SETTINGS}
+        return {"target": incumbent, "fallback": fallback, **settings, "rollout": block}
+    rolled: dict[str, Any] = {}
+    for key, value in raw_route.items():
+        if key == "split":
+            rolled["target"] = incumbent
+        elif key == "fallback":
+            rolled["fallback"] = fallback
+        elif key not in ("sticky", "rollout"):
+            rolled[key] = copy.deepcopy(value)
+    rolled["fallback"] = fallback
+    rolled["rollout"] = block
+    return rolled
+
+
+def _rollout_change(cohort: str, proposed: dict[str, Any], before: RouteSpec | None) -> str:
+    """``before``: the cohort's own route as it was (None: it used the default cohort's)."""
+    block = proposed["rollout"]
+    steps = ", ".join(f"{s}%" for s in block["steps"])
+    text = f"{cohort}: rollout of {block['candidate']} over {proposed['target']}"
+    text += f" (steps {steps}, step_s {block['step_s']:g})"
+    if before is not None and before.split is not None:
+        text += f"; the split {dict(before.split)} becomes target {proposed['target']}, fallback {proposed['fallback']}"
+    if before is not None and before.rollout is not None:
+        text += f"; replaces the rollout of {before.rollout.candidate}"
+    return text
 
 
 def _with_mirror(raw_route: dict[str, Any], candidate: str, sample: float) -> dict[str, Any]:

@@ -158,6 +158,8 @@ def evidence_summary(evidence: Any) -> str:
         text += f", p95 {candidate:.2f}s vs {incumbent:.2f}s" + (f" (x{ratio:g})" if ratio is not None else "")
     elif isinstance(candidate, int | float):
         text += f", p95 {candidate:.2f}s"
+    if evidence.get("gate_tripped"):
+        text += ", eval gate tripped"
     return text
 
 

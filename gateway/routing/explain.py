@@ -1,17 +1,23 @@
-"""Explain a routing decision: which cohort (and rule), which route, the attempt order and the mirror decision.
+"""Explain a routing decision: which cohort (and rule), which route, the attempt order, the rollout and the mirror
+decision.
 
-Shared by ``llm-gateway explain`` (offline, from a file) and, later, the live admin endpoint that adds gate and
-breaker states through the planner's ``skip`` filter.
+Shared by ``llm-gateway explain`` (offline, from a file: every rollout at its first step) and ``POST /admin/explain``
+(live: gate and breaker states through the planner's ``skip`` filter, each rollout's current weight and state).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from gateway.policy.schema import PolicySpec
+from gateway.policy.schema import PolicySpec, RouteSpec
+from gateway.rollouts.analysis import RolloutState
 from gateway.routing.cohorts import CohortClassifier, explain_match
 from gateway.routing.features import RequestFeatures
-from gateway.routing.planner import ModelFilter, Planner, no_filter
+from gateway.routing.planner import ModelFilter, Plan, Planner, RolloutWeights, no_filter, rollout_key
+
+KEY_KINDS = {"user": "user", "key": "api_key", "header": "header", "request": "request id"}
+"""The prefix of :func:`rollout_key` → what this request's rollout assignment hashed (never the value itself)."""
 
 
 def explain(
@@ -23,7 +29,11 @@ def explain(
     headers: dict[str, str] | None = None,
     request_id: str = "explain",
     skip: ModelFilter = no_filter,
+    rollouts: RolloutWeights | None = None,
+    rollout_states: Mapping[tuple[str, str], RolloutState] | None = None,
 ) -> dict[str, Any]:
+    """``rollouts`` and ``rollout_states`` are the live weights and states (``None``: every rollout at its first
+    step, as ``llm-gateway explain`` shows it without a running gateway)."""
     features = RequestFeatures(body, {k.lower(): v for k, v in (headers or {}).items()})
     decision = classifier.classify(features)
     cohort = next(c for c in policy.cohorts if c.name == decision.cohort)
@@ -31,17 +41,9 @@ def explain(
         rule = f"{decision.rule} {cohort.name}: " + ", ".join(explain_match(cohort.match, features))
     else:
         rule = f"default cohort {cohort.name} (no earlier cohort matched)"
-    plan = planner.plan(decision.cohort, features, request_id, skip)
+    plan = planner.plan(decision.cohort, features, request_id, skip, rollouts)
     route_name, route = policy.route_for(decision.cohort)
-    attempts: list[dict[str, Any]] = []
-    for model in plan.attempts:
-        if plan.pinned and model == features.model:
-            why = "requested by name"
-        elif model == plan.primary:
-            why = f"split arm (u={plan.split_u:.4f})" if plan.split_choice else "route target"
-        else:
-            why = "fallback"
-        attempts.append({"model": model, "why": why})
+    attempts = [{"model": model, "why": _why(plan, model, features.model)} for model in plan.attempts]
     skipped = [{"model": s.model, "why": s.reason} for s in plan.skipped]
     mirror: dict[str, Any] = {"configured": route.mirror is not None, "sampled": bool(plan.mirror_to)}
     if route.mirror is not None and plan.mirror_u is not None:
@@ -58,8 +60,57 @@ def explain(
         "skipped": skipped,
         "split": dict(route.split) if route.split else None,
         "sticky": route.sticky,
+        "rollout": _rollout(route, plan, features, request_id, rollout_states),
         "mirror": mirror,
     }
+
+
+def _why(plan: Plan, model: str, requested: str) -> str:
+    if plan.pinned and model == requested:
+        return "requested by name"
+    if plan.rollout_candidate is not None and plan.rollout_u is not None:
+        bound = f"u={plan.rollout_u:.4f} {'<' if plan.on_candidate else '>='} {plan.rollout_weight:g}%"
+        if model == plan.rollout_candidate:
+            return f"rollout candidate ({bound})"
+        if model == plan.route_spec.target:
+            return "rollout incumbent" + ("" if plan.on_candidate else f" ({bound})")
+    if model == plan.primary:
+        return f"split arm (u={plan.split_u:.4f})" if plan.split_choice else "route target"
+    return "fallback"
+
+
+def _rollout(
+    route: RouteSpec,
+    plan: Plan,
+    features: RequestFeatures,
+    request_id: str,
+    states: Mapping[tuple[str, str], RolloutState] | None,
+) -> dict[str, Any] | None:
+    """The route's rollout as it applies to this request: where it stands, and which side this request lands on."""
+    spec = route.rollout
+    if spec is None:
+        return None
+    found: dict[str, Any] = {"candidate": spec.candidate, "incumbent": route.target, "steps": spec.steps}
+    state = states.get((plan.route, spec.candidate)) if states is not None else None
+    if states is None:
+        found.update(live=False, state="first step", step=0, weight=float(spec.steps[0]))
+    elif state is None:  # the gateway has not applied this rollout (yet): the planner put no traffic on it
+        found.update(live=True, state="not started", step=0, weight=0.0)
+    else:
+        found.update(live=True, state=state.state, step=state.step, weight=state.weight(spec))
+    if plan.pinned:
+        found.update(applies=False, u=None, lands_on_candidate=False, sticky=spec.sticky, key=None)
+        return found
+    key = rollout_key(spec.sticky, features, request_id).split(":", 1)[0]
+    found.update(
+        applies=True,
+        weight=plan.rollout_weight,  # what this request was planned with
+        u=round(plan.rollout_u, 6) if plan.rollout_u is not None else None,
+        lands_on_candidate=plan.on_candidate,
+        sticky=spec.sticky,
+        key=KEY_KINDS.get(key, key),
+    )
+    return found
 
 
 def render_text(result: dict[str, Any]) -> str:
@@ -71,6 +122,8 @@ def render_text(result: dict[str, Any]) -> str:
     ]
     if result["split"]:
         lines.append(f"split:    {result['split']}" + (f" sticky={result['sticky']}" if result["sticky"] else ""))
+    if result.get("rollout"):
+        lines.append(_render_rollout(result["rollout"]))
     lines.append("attempts:")
     for i, attempt in enumerate(result["attempts"], 1):
         lines.append(f"  {i}. {attempt['model']}  ({attempt['why']})")
@@ -83,3 +136,16 @@ def render_text(result: dict[str, Any]) -> str:
         verdict = f"yes → {', '.join(mirror['to'])}" if mirror["sampled"] else "no"
         lines.append(f"mirror:   {verdict}  (sample={mirror['sample']}, u={mirror['u']})")
     return "\n".join(lines)
+
+
+def _render_rollout(rollout: dict[str, Any]) -> str:
+    where = f"step {rollout['step'] + 1}/{len(rollout['steps'])}"
+    state = f"{rollout['state']}, {where}" if rollout["live"] else f"first {where}; offline, no live state"
+    line = f"rollout:  {rollout['incumbent']} → {rollout['candidate']} at {rollout['weight']:g}% ({state})"
+    if not rollout["applies"]:
+        return line + "\n          this request names a registry model: the rollout does not apply"
+    side = "the candidate" if rollout["lands_on_candidate"] else "the incumbent"
+    return (
+        line
+        + f"\n          this request: u={rollout['u']} → {side} (sticky={rollout['sticky']}, key: {rollout['key']})"
+    )
