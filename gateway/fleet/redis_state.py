@@ -163,6 +163,8 @@ class RedisFleetState(FleetState):
             undo()
             self._limiter.offline()
             raise
+        finally:
+            await pipe.reset()  # type: ignore[no-untyped-call]  # its connection back to the pool
         for handler, result in zip(handlers, results, strict=True):
             if handler is not None:
                 handler(result)
@@ -173,10 +175,10 @@ class RedisFleetState(FleetState):
         }
         self._limiter.settle(grants)
         self._documents = {k.decode(): _json_object(v) for k, v in got["documents"].items()}
-        reads = self._redis.pipeline(transaction=False)
-        changed = self._evidence.changed_windows(reads)
-        if changed:
-            self._evidence.apply_windows(changed, await reads.execute())
+        async with self._redis.pipeline(transaction=False) as reads:
+            changed = self._evidence.changed_windows(reads)
+            if changed:
+                self._evidence.apply_windows(changed, await reads.execute())
 
     def _heartbeats(self, ranked: list[tuple[bytes, float]], info: dict[bytes, bytes], now: float) -> None:
         """Keep the list of instances (for ``/admin/state``)."""
