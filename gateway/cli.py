@@ -125,6 +125,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.runtime import Gateway
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # one line per file event in the policy's directory
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:

@@ -39,6 +39,7 @@ REQUIRED_ALERTS = {
     "PolicyReloadRejected",
     "MirrorDisagreementHigh",
     "LLMGatewayStateBackendDown",
+    "RolloutRolledBack",
 }
 # What the dashboard must show (README.md, Telemetry); histograms are read through their buckets.
 REQUIRED_DASHBOARD_METRICS = {
@@ -56,6 +57,8 @@ REQUIRED_DASHBOARD_METRICS = {
     "llm_gateway_policy_info",
     "llm_gateway_state_backend_up",
     "llm_gateway_state_sync_age_seconds",
+    "llm_gateway_rollout_weight",
+    "llm_gateway_rollout_state",
 }
 COHORT_MATCHER = 'cohort=~"$cohort"'
 

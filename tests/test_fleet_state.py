@@ -1,5 +1,5 @@
 """Fleet state end to end: three ``llm-gateway serve`` processes on one policy and one real ``redis-server``,
-traffic spread round-robin as a Service spreads it (DESIGN section 7)."""
+traffic spread round-robin as a Service spreads it (docs/fleet.md)."""
 
 from __future__ import annotations
 

@@ -102,9 +102,12 @@ class RolloutDriver:
         plan = ctx.plan
         if plan is None or plan.rollout_candidate is None:
             return
-        evidence = self._evidence.get((plan.route, plan.rollout_candidate))
-        if evidence is None:
-            return
+        key = (plan.route, plan.rollout_candidate)
+        evidence = self._evidence.get(key)
+        if evidence is None or self.weight(*key) != plan.rollout_weight:
+            return  # no rollout now, or the request was planned at an earlier step
+        if plan.on_candidate and any(s.model == plan.rollout_candidate for s in plan.skipped):
+            evidence.add_attempt(True)  # assigned to the candidate, which its breaker (or health) ruled out
         for attempt in ctx.attempts:
             if attempt.model == plan.rollout_candidate:
                 evidence.add_attempt(attempt.outcome != "ok" or ctx.stream_error is not None)
@@ -262,6 +265,7 @@ class RolloutDriver:
         self._metrics.rollout_weight.labels(*key).set(weight)
         for name in STATES:
             self._metrics.rollout_state.labels(*key, name).set(1 if name == state.state else 0)
+            self._metrics.rollout_transitions.labels(*key, name)  # at 0 until the first: increase() sees it
 
     def _announce(self, key: Key, before: RolloutState, after: RolloutState, by: str) -> None:
         spec = self._specs[key][0]
@@ -292,6 +296,7 @@ class RolloutDriver:
         self._metrics.rollout_weight.remove(*key)
         for name in STATES:
             self._metrics.rollout_state.remove(*key, name)
+            self._metrics.rollout_transitions.remove(*key, name)
         event = {"event": "rollout_ended", "route": key[0], "candidate": key[1], "state": state.state}
         log.warning("%s", json.dumps(event))
         if state.version:
@@ -337,7 +342,10 @@ class RolloutDriver:
                     "weight": state.weight(spec),
                     "since_s": round(max(0.0, now - state.since), 3),
                     "reason": state.reason,
-                    "evidence": self._fleet_evidence(key).summary(),
+                    "evidence": {
+                        **self._fleet_evidence(key).summary(),
+                        "gate_tripped": self._blocked(key[1], key[0]),
+                    },
                     "decided_on": state.evidence,
                 }
             )
