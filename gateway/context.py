@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry.trace import INVALID_SPAN, Span
 
 from gateway.auth import ClientKey
+from gateway.endpoints import Endpoint
 from gateway.evals.answer import StreamAssembler
 from gateway.routing.cohorts import CohortDecision
 from gateway.routing.features import RequestFeatures
 from gateway.routing.planner import Plan
-
-Endpoint = Literal["chat", "completions"]
 
 
 @dataclass(slots=True)
@@ -68,6 +67,7 @@ class RequestContext:
     record_content: bool = False  # the policy's telemetry.record_content, for this request's spans
     client_key: ClientKey | None = None  # the authenticated key, when the policy has ``keys``
     forward_headers: tuple[str, ...] = ()  # client headers passed on to backends (policy limits.forward_headers)
+    pinned_backend: str | None = None  # the URL a Responses continuation must go to (``previous_response_id``)
 
     @property
     def stream(self) -> bool:

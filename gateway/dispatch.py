@@ -30,6 +30,7 @@ from gateway.policy.schema import PolicySpec, RouteSpec
 from gateway.routing.features import RequestFeatures
 from gateway.runtime import Gateway
 from gateway.transport import Answer, single_attempt
+from gateway.upstream.affinity import PreviousResponseUnavailable
 from gateway.upstream.client import Timeouts
 from gateway.upstream.pool import Backend
 
@@ -85,6 +86,14 @@ async def with_fallbacks(gateway: Gateway, ctx: RequestContext, policy: PolicySp
         index += 1
         pool = gateway.registry.pools.get(model)  # None: a reload removed the model mid-request
         replicas = pool.order(REPLICAS_PER_MODEL, key) if pool is not None else []
+        if ctx.pinned_backend is not None:
+            replicas = [b for b in replicas if b.url == ctx.pinned_backend]
+            if not replicas:
+                raise PreviousResponseUnavailable(
+                    f"the backend of {model} that produced 'previous_response_id' is not available any more; "
+                    "start the conversation again without it",
+                    param="previous_response_id",
+                )
         if not replicas:
             reason = gateway.registry.skip_reason(model, ctx.cohort) or "unhealthy"
             err = NoBackendAvailable(f"no available backend for {model} ({reason})")

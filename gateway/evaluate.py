@@ -13,6 +13,7 @@ import time
 
 from gateway.context import RequestContext
 from gateway.evals.answer import FinishedAnswer, StreamAssembler, answer_from_json
+from gateway.evals.responses_answer import answer_from_response
 from gateway.mirror import ShadowJob
 from gateway.policy.schema import MirrorSpec, PolicySpec
 from gateway.routing.planner import unit_hash
@@ -44,8 +45,8 @@ def shadow_targets(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) ->
 def start_shadows(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> asyncio.Future[FinishedAnswer | None]:
     primary: asyncio.Future[FinishedAnswer | None] = asyncio.get_running_loop().create_future()
     targets = shadow_targets(gateway, ctx, policy)
-    if ctx.stream:
-        ctx.assembler = StreamAssembler()
+    if ctx.stream and ctx.endpoint in ("chat", "completions"):
+        ctx.assembler = StreamAssembler()  # a Responses stream ends with the whole response: no assembling
     for model, reason, spec in targets:
         job = ShadowJob(
             model=model,
@@ -67,7 +68,7 @@ def start_shadows(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> 
 def finish(gateway: Gateway, ctx: RequestContext, primary: asyncio.Future[FinishedAnswer | None]) -> None:
     """The primary answer is complete: remember it for feedback, release the shadows, evaluate it."""
     model = ctx.answered_by
-    if model is None or ctx.stream_error is not None:
+    if model is None or ctx.stream_error is not None or ctx.endpoint == "embeddings":
         if not primary.done():
             primary.set_result(None)
         return
@@ -77,6 +78,8 @@ def finish(gateway: Gateway, ctx: RequestContext, primary: asyncio.Future[Finish
     ttft = ctx.first_byte_at - ctx.started if ctx.first_byte_at is not None else None
     if ctx.assembler is not None:
         answer = ctx.assembler.finish(ctx.body, ttft_s=ttft, total_s=now - ctx.started)
+    elif ctx.endpoint == "responses":
+        answer = answer_from_response(ctx.body, ctx.answer_json or {}, ttft_s=ttft, total_s=now - ctx.started)
     else:
         answer = answer_from_json(ctx.body, ctx.answer_json or {}, ttft_s=ttft, total_s=now - ctx.started)
     if not primary.done():

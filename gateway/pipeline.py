@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.auth import allow_cohort, allow_model
 from gateway.context import RequestContext
 from gateway.dispatch import with_fallbacks
+from gateway.endpoints import ENDPOINTS
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.evaluate import finish, start_shadows
 from gateway.record import record
@@ -24,6 +25,7 @@ from gateway.routing.planner import ModelFilter, RolloutWeights
 from gateway.runtime import Gateway
 from gateway.snapshot import PolicySnapshot
 from gateway.spans import close_server_span, open_server_span
+from gateway.upstream.affinity import ResponseAffinity
 
 
 @dataclass
@@ -53,7 +55,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
     open_server_span(gateway.tracing, ctx)
     try:
         authorize(gateway, ctx)
-        classify_and_plan(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight)
+        classify_and_plan(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight, gateway.responses)
         allow_cohort(ctx.client_key, ctx.cohort)
         check_route_limits(ctx)
         answer = await with_fallbacks(gateway, ctx, policy)
@@ -75,6 +77,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
         gateway.metrics.inflight.dec()
         charge(gateway, ctx)
         finish(gateway, ctx, primary)
+        remember_response(gateway, ctx)
         gateway.rollouts.observe(ctx)
         record(gateway.metrics, ctx)
         close_server_span(ctx, ctx.status)
@@ -99,6 +102,16 @@ def charge(gateway: Gateway, ctx: RequestContext) -> None:
     gateway.limiter.charge_tokens(key.name, key.spec.rate_limit, tokens)
 
 
+def remember_response(gateway: Gateway, ctx: RequestContext) -> None:
+    """Where a Responses API answer was produced, for a later request that continues it."""
+    answer = ctx.answer_json
+    if ctx.endpoint != "responses" or ctx.answered_by is None or not ctx.attempts or not isinstance(answer, dict):
+        return
+    response_id = answer.get("id")
+    if isinstance(response_id, str) and 0 < len(response_id) <= 256:
+        gateway.responses.remember(response_id, ctx.answered_by, ctx.attempts[-1].backend)
+
+
 def authorize(gateway: Gateway, ctx: RequestContext) -> None:
     """The key may use the requested model and is within its rate limits (auth itself happened at the API)."""
     key = ctx.client_key
@@ -111,17 +124,33 @@ def authorize(gateway: Gateway, ctx: RequestContext) -> None:
 def check_route_limits(ctx: RequestContext) -> None:
     assert ctx.plan is not None
     limit = ctx.plan.route_spec.max_tokens
-    asked = ctx.body.get("max_completion_tokens", ctx.body.get("max_tokens"))
+    asked = ctx.body.get("max_completion_tokens", ctx.body.get("max_tokens", ctx.body.get("max_output_tokens")))
     if limit is not None and isinstance(asked, int) and asked > limit:
         raise InvalidRequest(f"max_tokens={asked} is over this route's limit of {limit}", param="max_tokens")
 
 
 def classify_and_plan(
-    snapshot: PolicySnapshot, ctx: RequestContext, skip: ModelFilter, rollouts: RolloutWeights | None = None
+    snapshot: PolicySnapshot,
+    ctx: RequestContext,
+    skip: ModelFilter,
+    rollouts: RolloutWeights | None = None,
+    affinity: ResponseAffinity | None = None,
 ) -> None:
     model = ctx.body.get("model")
     if not isinstance(model, str) or not snapshot.knows_model(model):
         raise ModelNotFound(str(model))
     features = ctx.features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
     ctx.decision = snapshot.classifier.classify(features)
-    ctx.plan = snapshot.planner.plan(ctx.decision.cohort, features, ctx.request_id, skip, rollouts)
+    endpoint = ENDPOINTS[ctx.endpoint]
+    plan = ctx.plan = snapshot.planner.plan(
+        ctx.decision.cohort, features, ctx.request_id, skip, rollouts, embedding=endpoint.embedding
+    )
+    if not plan.primary:
+        kind = "an embedding model (kind: embedding)" if endpoint.embedding else "a model that is not kind: embedding"
+        raise InvalidRequest(f"the route '{plan.route}' has no {kind} to serve {endpoint.path}", param="model")
+    previous = ctx.body.get("previous_response_id") if ctx.endpoint == "responses" else None
+    if isinstance(previous, str) and affinity is not None:
+        produced = affinity.lookup(previous)
+        if produced is not None:  # the conversation lives on that backend only: no other attempt
+            ctx.pinned_backend = produced.backend
+            ctx.plan = replace(plan, primary=produced.model, attempts=(produced.model,), skipped=())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from gateway.context import RequestContext
+from gateway.endpoints import ENDPOINTS
 from gateway.telemetry.metrics import GatewayMetrics
 
 
@@ -28,7 +29,7 @@ def record(m: GatewayMetrics, ctx: RequestContext) -> None:
         return
     if ctx.first_byte_at is not None:
         m.ttft.labels(cohort, model).observe(ctx.first_byte_at - ctx.started)
-    operation = "chat" if ctx.endpoint == "chat" else "text_completion"
+    operation = ENDPOINTS[ctx.endpoint].operation
     m.genai_duration.labels(operation, "vllm", model).observe(time.perf_counter() - ctx.started)
     if ctx.usage is not None:
         m.tokens.labels("input", cohort, model).inc(ctx.usage.prompt_tokens)

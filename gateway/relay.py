@@ -14,14 +14,38 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import UpstreamError
-from gateway.transport import Answer, note_finish_reasons, note_usage, parse_chunk
+from gateway.transport import Answer, note_finish_reasons, note_response_status, note_usage, parse_chunk
 from gateway.wire import SSE_DONE, error_body, sse_event
 
 DONE = b"[DONE]"
 
 
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+
+
+def _rewrite_event(ctx: RequestContext, event: dict[str, Any], model: str) -> bytes:
+    """A Responses API event: the registry name in its response's ``model``; the final response noted (usage,
+    how it ended, the answer for the evaluators)."""
+    kind = str(event["type"])
+    if kind == "response.output_text.delta":
+        ctx.relayed_chunks += 1
+    response = event.get("response")
+    if isinstance(response, dict):
+        if ctx.upstream_model is None and isinstance(response.get("model"), str):
+            ctx.upstream_model = response["model"]
+        if "model" in response:
+            response["model"] = model
+        if kind in TERMINAL_EVENTS:
+            note_usage(ctx, response.get("usage"))
+            note_response_status(ctx, response)
+            ctx.answer_json = response
+    return b"event: " + kind.encode() + b"\n" + sse_event(event)
+
+
 def _rewrite(ctx: RequestContext, chunk: dict[str, Any], model: str) -> bytes | None:
     """The SSE frame to send for one upstream chunk, or None to drop it (an unrequested usage chunk)."""
+    if ctx.endpoint == "responses":
+        return _rewrite_event(ctx, chunk, model)
     if ctx.assembler is not None:
         ctx.assembler.add(chunk)
     choices = chunk.get("choices")
@@ -54,14 +78,17 @@ async def relay_stream(ctx: RequestContext, answer: Answer, on_done: Callable[[]
             frame = _rewrite(ctx, chunk, answer.model)
             if frame is not None:
                 yield frame
+            if chunk.get("type") in TERMINAL_EVENTS and ctx.endpoint == "responses":
+                finished = True  # a Responses stream ends with its final event (and no [DONE])
             payload = await anext(events, None)
             if payload is None:
                 break
             if payload == DONE:
-                yield SSE_DONE
+                if ctx.endpoint != "responses":
+                    yield SSE_DONE
                 finished = True
                 break
-            chunk = parse_chunk(payload)
+            chunk = parse_chunk(payload, ctx.endpoint)
         if not finished:
             raise UpstreamError("the backend ended the stream before it was complete")
     except UpstreamError as exc:

@@ -25,6 +25,7 @@ from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing
+from gateway.upstream.affinity import ResponseAffinity
 from gateway.upstream.client import UpstreamClient
 from gateway.upstream.health import HealthChecker
 from gateway.upstream.pool import BackendRegistry
@@ -57,6 +58,7 @@ class Gateway:
         )
         self.tracing = tracing or Tracing()
         self.fleet = state or FleetState(clock=clock)
+        self.responses = ResponseAffinity()
         self.limiter = self.fleet.limiter()
         self.run_health_checks = run_health_checks
         self.snapshot = PolicySnapshot.build(policy, rng)

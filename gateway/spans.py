@@ -11,14 +11,13 @@ from urllib.parse import urlsplit
 from opentelemetry.trace import INVALID_SPAN, Span, Status, StatusCode
 
 from gateway.context import RequestContext
+from gateway.endpoints import ENDPOINTS
 from gateway.telemetry.tracing import Tracing, end_attempt, request_attributes
 from gateway.wire import dumps
 
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-
 
 def open_server_span(tracing: Tracing, ctx: RequestContext) -> None:
-    ctx.server_span = tracing.server_span(f"POST {PATHS[ctx.endpoint]}", ctx.headers, ctx.request_id)
+    ctx.server_span = tracing.server_span(f"POST {ENDPOINTS[ctx.endpoint].path}", ctx.headers, ctx.request_id)
 
 
 def close_server_span(ctx: RequestContext, status: int) -> None:
@@ -26,7 +25,7 @@ def close_server_span(ctx: RequestContext, status: int) -> None:
     if span.is_recording():
         attributes: dict[str, str | int] = {
             "http.request.method": "POST",
-            "url.path": PATHS[ctx.endpoint],
+            "url.path": ENDPOINTS[ctx.endpoint].path,
             "http.response.status_code": status,
             "gateway.cohort": ctx.cohort,
             "gateway.route": ctx.route,

@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.attempt import Attempt
 from gateway.context import RequestContext, Usage
+from gateway.endpoints import ENDPOINTS, Endpoint
 from gateway.errors import UpstreamBadAnswer, UpstreamError, UpstreamStatus
 from gateway.telemetry.tracing import Tracing
 from gateway.upstream.client import ConnectionSettings, Timeouts, UpstreamClient, UpstreamResponse
@@ -24,7 +25,6 @@ from gateway.upstream.pool import Backend
 from gateway.wire import dumps, loads
 
 GATEWAY_ONLY_FIELDS = ("metadata",)
-PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 MAX_RETRY_AFTER_S = 300.0
 MAX_ERROR_BYTES = 1024 * 1024
 
@@ -43,7 +43,12 @@ def build_request(
     """The request ``backend`` gets for ``body``; ``headers`` are what the client may pass on (never its key)."""
     payload = {k: v for k, v in body.items() if k not in GATEWAY_ONLY_FIELDS}
     payload["model"] = backend.served_name
-    if stream:
+    spec = ENDPOINTS[endpoint]  # type: ignore[index]
+    if not spec.streams or spec.name == "responses":  # no stream_options there (usage comes in response.completed)
+        payload.pop("stream_options", None)
+        if not stream and payload.get("stream"):
+            payload["stream"] = False
+    elif stream:
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
     else:
@@ -53,7 +58,7 @@ def build_request(
     request_headers = {"content-type": "application/json", **headers}
     if backend.authorization is not None:
         request_headers["authorization"] = backend.authorization
-    return UpstreamRequest(backend.url + PATHS[endpoint], dumps(payload), request_headers, backend.connection)
+    return UpstreamRequest(backend.url + spec.path, dumps(payload), request_headers, backend.connection)
 
 
 def client_headers(ctx: RequestContext) -> dict[str, str]:
@@ -88,26 +93,35 @@ class Answer:
 
 def parse_json_answer(ctx: RequestContext, raw: bytes, model: str) -> bytes:
     """The answer for the client (``model`` named as the registry does); usage and finish reasons noted."""
+    spec = ENDPOINTS[ctx.endpoint]
     try:
         parsed: Any = loads(raw)
     except ValueError:
         raise UpstreamBadAnswer("the backend's answer is not JSON") from None
-    if not isinstance(parsed, dict) or not isinstance(parsed.get("choices"), list):
-        raise UpstreamBadAnswer("the backend's answer has no list of choices")
+    if not isinstance(parsed, dict) or not isinstance(parsed.get(spec.answer_list), list):
+        raise UpstreamBadAnswer(f"the backend's answer has no list of {spec.answer_list}")
     ctx.upstream_model = parsed.get("model") if isinstance(parsed.get("model"), str) else None
     parsed["model"] = model
     ctx.answer_json = parsed
     note_usage(ctx, parsed.get("usage"))
-    note_finish_reasons(ctx, parsed["choices"])
+    if spec.answer_list == "choices":
+        note_finish_reasons(ctx, parsed["choices"])
+    elif spec.name == "responses":
+        note_response_status(ctx, parsed)
     return dumps(parsed)
 
 
-def parse_chunk(payload: bytes) -> dict[str, Any]:
-    """One streamed chunk; a chunk that is not an object with a list of ``choices`` breaks the stream."""
+def parse_chunk(payload: bytes, endpoint: Endpoint = "chat") -> dict[str, Any]:
+    """One streamed event: a completion chunk (an object whose ``choices`` is a list), or for the Responses API
+    an object with a ``type``; anything else breaks the stream."""
     try:
         chunk: Any = loads(payload)
     except ValueError:
         raise UpstreamBadAnswer("the backend sent a stream event that is not JSON") from None
+    if endpoint == "responses":
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("type"), str):
+            raise UpstreamBadAnswer("the backend sent a stream event that is not a Responses API event")
+        return chunk
     if not isinstance(chunk, dict) or not isinstance(chunk.get("choices", []), list):
         raise UpstreamBadAnswer("the backend sent a stream event that is not a completion chunk")
     return chunk
@@ -116,7 +130,19 @@ def parse_chunk(payload: bytes) -> dict[str, Any]:
 def note_usage(ctx: RequestContext, usage: Any) -> None:
     """Token counts from ``usage``; values of the wrong type count as unknown (0), never as an error."""
     if isinstance(usage, dict):
-        ctx.usage = Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+        spec = ENDPOINTS[ctx.endpoint]
+        output = _count(usage.get(spec.output_tokens)) if spec.output_tokens is not None else 0
+        ctx.usage = Usage(_count(usage.get(spec.input_tokens)), output)
+
+
+def note_response_status(ctx: RequestContext, response: dict[str, Any]) -> None:
+    """A Responses API answer's end: ``completed``, or ``incomplete`` with its reason (``max_output_tokens``)."""
+    status = response.get("status")
+    details = response.get("incomplete_details")
+    if isinstance(details, dict) and isinstance(details.get("reason"), str):
+        ctx.finish_reasons.append("length" if details["reason"] == "max_output_tokens" else details["reason"])
+    elif status == "completed":
+        ctx.finish_reasons.append("stop")
 
 
 def note_finish_reasons(ctx: RequestContext, choices: list[Any]) -> None:
@@ -154,7 +180,7 @@ async def single_attempt(
             first = await anext(events)
             if first == b"[DONE]":
                 raise UpstreamBadAnswer("the backend ended the stream before its first chunk")
-            first_chunk = parse_chunk(first)
+            first_chunk = parse_chunk(first, ctx.endpoint)
         except StopAsyncIteration:
             response.close()
             raise UpstreamBadAnswer("the backend closed the stream before its first event") from None

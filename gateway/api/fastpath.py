@@ -24,7 +24,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.api.headers import gateway_headers
 from gateway.api.validation import REQUEST_ID, ClientDisconnected, parse_body, read_body
-from gateway.context import Endpoint, RequestContext
+from gateway.context import RequestContext
+from gateway.endpoints import PROXY_ROUTES
 from gateway.errors import GatewayError
 from gateway.pipeline import handle
 from gateway.runtime import Gateway
@@ -33,7 +34,6 @@ from gateway.wire import error_body
 
 log = logging.getLogger("gateway")
 
-PROXY_ROUTES: dict[str, Endpoint] = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 JSON = b"application/json"
 EVENT_STREAM = b"text/event-stream; charset=utf-8"
 WATCH_AFTER_S = 0.2

@@ -13,7 +13,7 @@ from typing import Any
 
 from starlette.types import Receive
 
-from gateway.context import Endpoint
+from gateway.endpoints import Endpoint
 from gateway.errors import InvalidRequest, PayloadTooLarge, RequestTimeout
 from gateway.wire import loads
 
@@ -104,8 +104,12 @@ def parse_body(raw: bytes, endpoint: Endpoint, max_messages: int = 2048) -> dict
         _check_messages(body.get("messages"))
         count = len(body["messages"])
         _require(count <= max_messages, f"{count} messages; the limit is {max_messages}", "messages")
-    else:
+    elif endpoint == "completions":
         _check_prompt(body)
+    elif endpoint == "responses":
+        _check_responses_input(body, max_messages)
+    else:
+        _check_embeddings_input(body)
     return body
 
 
@@ -172,3 +176,49 @@ def _check_prompt(body: dict[str, Any]) -> None:
         "'prompt' must be a string or a non-empty array",
         "prompt",
     )
+
+
+def _check_responses_input(body: dict[str, Any], max_items: int) -> None:
+    """The Responses API's ``input``: a string, or a list of input items (messages, function call outputs...)."""
+    value = body.get("input")
+    _require(value is not None, "you must provide an 'input' parameter", "input")
+    _require(isinstance(value, str | list), "'input' must be a string or an array of input items", "input")
+    if isinstance(value, list):
+        _require(len(value) <= max_items, f"{len(value)} input items; the limit is {max_items}", "input")
+        for i, item in enumerate(value):
+            _require(isinstance(item, dict), f"input[{i}] must be an object", f"input[{i}]")
+    instructions = body.get("instructions")
+    _require(instructions is None or isinstance(instructions, str), "'instructions' must be a string", "instructions")
+    text = body.get("text")
+    _require(text is None or isinstance(text, dict), "'text' must be an object", "text")
+    previous = body.get("previous_response_id")
+    _require(
+        previous is None or (isinstance(previous, str) and 0 < len(previous) <= 256),
+        "'previous_response_id' must be a response id",
+        "previous_response_id",
+    )
+    value = body.get("max_output_tokens")
+    _require(
+        value is None or (_is_int(value) and value >= 1),
+        "'max_output_tokens' must be an integer >= 1",
+        "max_output_tokens",
+    )
+
+
+def _check_embeddings_input(body: dict[str, Any]) -> None:
+    """``input``: a string, a list of strings, a list of token ids or a list of such lists, none of them empty."""
+    value = body.get("input")
+    _require(value is not None, "you must provide an 'input' parameter", "input")
+    ok = isinstance(value, str) or (
+        isinstance(value, list)
+        and len(value) > 0
+        and (
+            all(isinstance(v, str) for v in value)
+            or all(_is_int(v) for v in value)
+            or all(isinstance(v, list) and v and all(_is_int(t) for t in v) for v in value)
+        )
+    )
+    _require(
+        ok, "'input' must be a string, an array of strings, or an array of token ids (or of arrays of them)", "input"
+    )
+    _require(not body.get("stream"), "embeddings do not stream", "stream")

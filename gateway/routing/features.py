@@ -23,6 +23,27 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def _input_messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """The Responses API's ``instructions`` and ``input`` (or an embeddings ``input``) as chat messages: what a
+    ``content`` matcher reads in them is the user's text, whatever the endpoint."""
+    out: list[Mapping[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        out.append({"role": "system", "content": instructions})
+    value = body.get("input")
+    if isinstance(value, str):
+        out.append({"role": "user", "content": value})
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, str):
+                out.append({"role": "user", "content": item})
+            elif isinstance(item, dict) and isinstance(item.get("role"), str):
+                out.append({"role": item["role"], "content": item.get("content")})
+            elif isinstance(item, dict) and item.get("type") == "function_call_output":
+                out.append({"role": "tool", "content": item.get("output")})
+    return out
+
+
 @dataclass(eq=False)
 class RequestFeatures:
     body: Mapping[str, Any]
@@ -52,6 +73,9 @@ class RequestFeatures:
     @property
     def response_format(self) -> str:
         fmt = self.body.get("response_format")
+        text = self.body.get("text")
+        if fmt is None and isinstance(text, dict):  # the Responses API's text.format
+            fmt = text.get("format")
         kind = fmt.get("type") if isinstance(fmt, dict) else None
         return kind if isinstance(kind, str) else "text"
 
@@ -60,26 +84,28 @@ class RequestFeatures:
         messages = self.body.get("messages")
         if isinstance(messages, list):
             return [m for m in messages if isinstance(m, dict)]
+        if "input" in self.body:
+            return _input_messages(self.body)
         return []
 
     @cached_property
     def user_text(self) -> str:
         """Text of the user messages (chat) or the prompt (completions): what ``content`` regexes search."""
-        if "messages" not in self.body:
+        if "messages" not in self.body and "input" not in self.body:
             return self._prompt_text
         return "\n".join(_text_of(m.get("content")) for m in self._messages if m.get("role") == "user")
 
     @cached_property
     def prompt_chars(self) -> int:
         """Characters of every message's text (or of the prompt): a cheap proxy for prompt length."""
-        if "messages" not in self.body:
+        if "messages" not in self.body and "input" not in self.body:
             return len(self._prompt_text)
         return sum(len(_text_of(m.get("content"))) for m in self._messages)
 
     def prefix_text(self, chars: int) -> str:
         """The first ``chars`` characters of the prompt as the model sees it (system message first): the part a
         vLLM prefix cache can share between requests."""
-        if "messages" not in self.body:
+        if "messages" not in self.body and "input" not in self.body:
             return self._prompt_text[:chars]
         out = ""
         for message in self._messages:

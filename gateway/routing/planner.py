@@ -141,7 +141,10 @@ class Planner:
         request_id: str,
         skip: ModelFilter = no_filter,
         rollouts: RolloutWeights | None = None,
+        embedding: bool = False,
     ) -> Plan:
+        """``embedding``: the request is for ``/v1/embeddings``, which only ``kind: embedding`` models serve (and
+        only they); models of the other kind are left out of the attempts, as if the route did not list them."""
         route_name, _ = self._policy.route_for(cohort)
         route = self._routes[route_name]
         split_choice: str | None = None
@@ -165,6 +168,8 @@ class Planner:
             split_u = unit_hash(f"sticky:{user}") if route.spec.sticky == "user" and user else self._rng()
             split_choice = choose_weighted(route.arms, route.cumulative, split_u)
             ordered = [split_choice, *route.fallback]
+        models = self._policy.models
+        ordered = [m for m in ordered if m in models and (models[m].kind == "embedding") == embedding] or ordered[:0]
         attempts: list[str] = []
         skipped: list[Skipped] = []
         for model in ordered:
@@ -182,7 +187,7 @@ class Planner:
             cohort=cohort,
             route=route_name,
             route_spec=route.spec,
-            primary=ordered[0],
+            primary=ordered[0] if ordered else "",
             attempts=tuple(attempts),
             skipped=tuple(skipped),
             split_choice=split_choice,

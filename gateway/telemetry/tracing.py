@@ -27,7 +27,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 PROVIDER = "vllm"
-OPERATION = {"chat": "chat", "completions": "text_completion"}
+OPERATION = {"chat": "chat", "completions": "text_completion", "responses": "chat", "embeddings": "embeddings"}
 
 
 def _otlp_exporter() -> SpanExporter | None:
