@@ -202,8 +202,6 @@ def decide(plan: Plan, trials: list[Trial]) -> list[CohortDecision]:
 def write_outputs(
     plan: Plan, args: argparse.Namespace, trials: list[Trial], decisions: list[CohortDecision], exit_code: int
 ) -> None:
-    from gateway.promote.chart import draw_report  # matplotlib is slow to import: only when writing
-
     plan.out.mkdir(parents=True, exist_ok=True)
     proposal = propose(plan.raw, plan.policy.spec, plan.candidate, decisions, plan.settings, rollout=plan.rollout)
     (plan.out / "policy.proposed.yaml").write_text(proposal.text, encoding="utf-8")
@@ -221,6 +219,11 @@ def write_outputs(
     (plan.out / "report.md").write_text(report_markdown(report, decisions), encoding="utf-8")
     with (plan.out / "cases.jsonl").open("wb") as handle:
         handle.writelines(case_lines(trials))
+    try:
+        from gateway.promote.chart import draw_report  # matplotlib is slow to import, and an extra: only here
+    except ImportError:
+        print("eval: report.png skipped (pip install 'llm-gateway[report]' for the chart)", file=sys.stderr)
+        return
     draw_report(decisions, plan.candidate, plan.out / "report.png")
 
 
