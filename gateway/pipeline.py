@@ -25,7 +25,6 @@ from gateway.routing.planner import ModelFilter, RolloutWeights
 from gateway.runtime import Gateway
 from gateway.snapshot import PolicySnapshot
 from gateway.spans import close_server_span, open_server_span
-from gateway.upstream.affinity import ResponseAffinity
 
 
 @dataclass
@@ -55,7 +54,8 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
     open_server_span(gateway.tracing, ctx)
     try:
         authorize(gateway, ctx)
-        classify_and_plan(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight, gateway.responses)
+        previous = await previous_response(gateway, ctx)
+        classify_and_plan(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight, previous)
         allow_cohort(ctx.client_key, ctx.cohort)
         check_route_limits(ctx)
         answer = await with_fallbacks(gateway, ctx, policy)
@@ -102,6 +102,18 @@ def charge(gateway: Gateway, ctx: RequestContext) -> None:
     gateway.limiter.charge_tokens(key.name, key.spec.rate_limit, tokens)
 
 
+async def previous_response(gateway: Gateway, ctx: RequestContext) -> tuple[str, str] | None:
+    """Where the response a Responses API request continues was produced: this instance's memory, else (with
+    fleet state in Redis) the fleet's, within the store's time bound; None when unknown."""
+    response_id = ctx.body.get("previous_response_id") if ctx.endpoint == "responses" else None
+    if not isinstance(response_id, str):
+        return None
+    produced = gateway.responses.lookup(response_id)
+    if produced is not None:
+        return produced.model, produced.backend
+    return await gateway.fleet.find_response(response_id)
+
+
 def remember_response(gateway: Gateway, ctx: RequestContext) -> None:
     """Where a Responses API answer was produced, for a later request that continues it."""
     answer = ctx.answer_json
@@ -110,6 +122,7 @@ def remember_response(gateway: Gateway, ctx: RequestContext) -> None:
     response_id = answer.get("id")
     if isinstance(response_id, str) and 0 < len(response_id) <= 256:
         gateway.responses.remember(response_id, ctx.answered_by, ctx.attempts[-1].backend)
+        gateway.fleet.note_response(response_id, ctx.answered_by, ctx.attempts[-1].backend)
 
 
 def authorize(gateway: Gateway, ctx: RequestContext) -> None:
@@ -134,8 +147,9 @@ def classify_and_plan(
     ctx: RequestContext,
     skip: ModelFilter,
     rollouts: RolloutWeights | None = None,
-    affinity: ResponseAffinity | None = None,
+    previous: tuple[str, str] | None = None,
 ) -> None:
+    """``previous``: the (model, backend) that produced the response this request continues, when known."""
     model = ctx.body.get("model")
     if not isinstance(model, str) or not snapshot.knows_model(model):
         raise ModelNotFound(str(model))
@@ -148,9 +162,6 @@ def classify_and_plan(
     if not plan.primary:
         kind = "an embedding model (kind: embedding)" if endpoint.embedding else "a model that is not kind: embedding"
         raise InvalidRequest(f"the route '{plan.route}' has no {kind} to serve {endpoint.path}", param="model")
-    previous = ctx.body.get("previous_response_id") if ctx.endpoint == "responses" else None
-    if isinstance(previous, str) and affinity is not None:
-        produced = affinity.lookup(previous)
-        if produced is not None:  # the conversation lives on that backend only: no other attempt
-            ctx.pinned_backend = produced.backend
-            ctx.plan = replace(plan, primary=produced.model, attempts=(produced.model,), skipped=())
+    if previous is not None:  # the conversation lives on that backend only: no other attempt
+        ctx.pinned_backend = previous[1]
+        ctx.plan = replace(plan, primary=previous[0], attempts=(previous[0],), skipped=())

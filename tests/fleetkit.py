@@ -84,11 +84,14 @@ class Fleet:
     def __init__(self, policy: str, models: list[str], state_url: str, instances: int = 3) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="gw-fleet-"))
         self.sim_url = f"http://127.0.0.1:{free_port()}"
-        port = self.sim_url.rsplit(":", 1)[1]
-        sim_args = ["sim", "--port", port, *[a for m in models for a in ("--model", m)]]
-        self.sim = Process(sim_args, self.dir / "sim.log")
+        self.sim2_url = f"http://127.0.0.1:{free_port()}"  # a second replica, for policies that name ${sim2}
+        model_args = [a for m in models for a in ("--model", m)]
+        self.sim = Process(["sim", "--port", self.sim_url.rsplit(":", 1)[1], *model_args], self.dir / "sim.log")
+        self.sim2 = Process(["sim", "--port", self.sim2_url.rsplit(":", 1)[1], *model_args], self.dir / "sim2.log")
         self.policy = self.dir / "policy.yaml"
-        self.policy.write_text(policy.replace("${sim}", self.sim_url), encoding="utf-8")
+        self.policy.write_text(
+            policy.replace("${sim2}", self.sim2_url).replace("${sim}", self.sim_url), encoding="utf-8"
+        )
         self.state_url = state_url
         self.gateways: list[Process] = []
         self.urls = [f"http://127.0.0.1:{free_port()}" for _ in range(instances)]
@@ -121,7 +124,7 @@ class Fleet:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for process in [*self.gateways, self.sim]:
+        for process in [*self.gateways, self.sim, self.sim2]:
             process.stop()
 
     def configure(self, body: dict[str, Any]) -> None:

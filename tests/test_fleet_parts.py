@@ -20,7 +20,7 @@ from gateway.policy import load_policy
 from gateway.policy.schema import RateLimitSpec
 from gateway.ratelimit import RateLimited
 from gateway.runtime import Gateway
-from tests.fleetkit import TOKEN, Process, RedisServer, wait_until
+from tests.fleetkit import TOKEN, Fleet, Process, RedisServer, wait_until
 from tests.harness import Stack, free_port, wait_ready
 from tests.policies import ONE_MODEL_POLICY
 
@@ -209,3 +209,33 @@ async def test_feedback_records_are_claimed_once_fleet_wide_and_expire_with_thei
     finally:
         await first.close()
         await second.close()
+
+
+RESPONSES_POLICY = """
+version: 1
+public_models: [assistant]
+models:
+  tiny: {kind: source, backends: ["${sim}", "${sim2}"]}
+cohorts:
+  - {name: chat, default: true}
+routes:
+  chat: {target: tiny}
+"""
+
+
+def test_a_response_continued_through_another_instance_goes_to_the_replica_that_holds_it(
+    redis_server: RedisServer,
+) -> None:
+    with Fleet(RESPONSES_POLICY, ["tiny"], redis_server.url + "?prefix=responses", instances=2) as fleet:
+        ids = []
+        for n in range(6):
+            first = httpx.post(f"{fleet.urls[0]}/v1/responses", json={"model": "assistant", "input": f"hi {n}"})
+            assert first.status_code == 200, first.text
+            ids.append(first.json()["id"])
+        time.sleep(1.5)  # instance 1 learns of them at instance 0's next sync (every 0.5 s)
+        for response_id in ids:
+            for _ in range(3):  # routed at random between the two replicas, one would miss half the time
+                body = {"model": "assistant", "input": "and then?", "previous_response_id": response_id}
+                continued = httpx.post(f"{fleet.urls[1]}/v1/responses", json=body)
+                assert continued.status_code == 200, continued.text
+                assert continued.json()["previous_response_id"] == response_id

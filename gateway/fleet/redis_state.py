@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,9 @@ from gateway.telemetry.metrics import GatewayMetrics
 
 log = logging.getLogger("gateway.fleet")
 
+RESPONSE_TTL_S = 3600.0
+"""How long a Responses API answer's backend is remembered for continuations through other instances."""
+RESPONSE_SLICE_S = 60.0
 FORGET_INSTANCE_S = 600.0
 """An instance that sent no heartbeat for this long is removed from the list."""
 
@@ -79,6 +83,7 @@ class RedisFleetState(FleetState):
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._forgetting: asyncio.Task[None] | None = None
+        self._responses: deque[tuple[str, str, str]] = deque(maxlen=10_000)  # to share at the next sync
 
     @property
     def connected(self) -> bool:
@@ -140,6 +145,12 @@ class RedisFleetState(FleetState):
         pipe = self._redis.pipeline(transaction=True)
         pipe.scripts.update((self._gate_write, self._buckets))  # type: ignore[arg-type]  # reloaded after a restart
         handlers, undo = self._evidence.push(pipe, self._gate_write)
+        responses = [self._responses.popleft() for _ in range(len(self._responses))]
+        if responses:
+            name = f"{p}:responses:{int(now // RESPONSE_SLICE_S)}"
+            pipe.hset(name, mapping={rid: f"{model}\x1f{backend}" for rid, model, backend in responses})
+            pipe.expire(name, int(RESPONSE_TTL_S + RESPONSE_SLICE_S))
+            handlers += [None, None]
         pipe.zadd(f"{p}:instances", {self.instance: now})
         pipe.hset(f"{p}:instance-info", self.instance, json.dumps({"policy_version": version}))
         handlers += [None, None]
@@ -161,6 +172,7 @@ class RedisFleetState(FleetState):
             results = await pipe.execute()
         except BaseException:
             undo()
+            self._responses.extendleft(reversed(responses))
             self._limiter.offline()
             raise
         finally:
@@ -261,6 +273,29 @@ class RedisFleetState(FleetState):
         answered = local.claim(request_id, key)  # not in the fleet's store (yet), or Redis is down
         evidence.scored(key, request_id)
         return answered
+
+    def note_response(self, response_id: str, model: str, backend: str) -> None:
+        self._responses.append((response_id, model, backend))
+
+    async def find_response(self, response_id: str) -> tuple[str, str] | None:
+        if not self._connected:
+            return None
+        now = time.time()
+        slices = range(int(now // RESPONSE_SLICE_S), int((now - RESPONSE_TTL_S) // RESPONSE_SLICE_S) - 1, -1)
+        try:
+            async with asyncio.timeout(self.url.timeout_s):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for i in slices:
+                        pipe.hget(f"{self.url.prefix}:responses:{i}", response_id)
+                    found = await pipe.execute()
+        except (RedisError, OSError, TimeoutError):
+            self._count_error("response")
+            return None
+        for raw in found:
+            if isinstance(raw, bytes):
+                model, _, backend = raw.decode(errors="replace").partition("\x1f")
+                return model, backend
+        return None
 
     async def put_document(self, name: str, doc: dict[str, Any], expected: int | None = None) -> dict[str, Any] | None:
         try:

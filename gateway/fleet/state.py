@@ -74,6 +74,15 @@ class FleetState:
         assert self._recorder is not None
         return self._recorder.feedback.claim(request_id, key)
 
+    def note_response(self, response_id: str, model: str, backend: str) -> None:
+        """A Responses API answer produced by ``backend``: shared so that another instance can route a request
+        continuing it (``previous_response_id``) there. Nothing to share with one instance."""
+        return None
+
+    async def find_response(self, response_id: str) -> tuple[str, str] | None:
+        """(model, backend URL) of a response another instance produced, or None."""
+        return None
+
     def document(self, name: str) -> dict[str, Any] | None:
         """A shared document (rollout state) as last synced; its ``version`` counts its writes."""
         return self._documents.get(name)

@@ -1,40 +1,50 @@
-"""What a simulated model answers: limits, injected faults, and the generated content.
+"""What a simulated model answers: limits, injected faults, and one planned answer per choice.
 
 Everything here is a pure function of the request, the model's profile and an RNG, so a seeded RNG makes the
-simulator deterministic. Each request draws, in this order, the fault rolls (rate limit, error, hang), then the
-answer. Answers are lists of *pieces*: one piece is one token, one stream chunk, and one unit of
-``completion_tokens``.
+simulator deterministic. Each request draws, in this order, the fault rolls (rate limit, error, hang), the
+behaviour rolls (refusal, invalid JSON, malformed tool call), then the content of each choice. Content comes
+from that same per-request RNG, unless the request has a ``seed``: then it comes from an RNG seeded with the
+seed, the model and the request's content, so the same seed and request give the same text (and a different
+seed a different one), whatever ``stop``, ``max_tokens`` or ``logprobs`` ask for.
 
 Tool calls follow vLLM's hermes parser: with ``tool_choice`` "auto" (the default with tools) the model calls the
-first declared tool, with "required" too, and with a named choice that tool; arguments are an instance of the
-tool's ``parameters`` schema. As in vLLM, an auto tool call has ``content: null`` and finish_reason
-"tool_calls", "required" has ``content: ""`` and "tool_calls", and a named choice has ``content: ""`` and
-"stop". Tool calls are never cut by ``max_tokens``.
+first declared tool until the conversation holds that call's result, then answers with text that uses it;
+"required" and a named choice always call (see ``content.pick_tool``). As in vLLM, an auto tool call has
+``content: null`` and finish_reason "tool_calls", "required" has ``content: ""`` and "tool_calls", and a named
+choice has ``content: ""`` and "stop". Tool calls are never cut by ``max_tokens`` or ``stop``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from random import Random
+from typing import Any
 
+from gateway.sim.content import (
+    REFUSAL,
+    VOCABULARY,
+    ToolCall,
+    answer_schema,
+    break_json,
+    final_answer,
+    free_text,
+    json_text,
+    new_id,
+    split,
+    tool_call,
+)
 from gateway.sim.errors import bad_request
-from gateway.sim.parsing import GenRequest, Tool
+from gateway.sim.logprobs import TokenLogprob, token_logprobs
 from gateway.sim.profile import ModelProfile
-from gateway.sim.schema_instance import WORDS, instance
+from gateway.sim.request import GenRequest
 
-VOCABULARY = (
-    *WORDS,
-    "the", "model", "answer", "is", "a", "small", "river", "stone", "light", "quiet", "green", "under",
-    "over", "signal", "paper", "window", "north", "market", "engine", "garden", "simple", "clear", "again",
-)  # fmt: skip
-REFUSAL = "I'm sorry, but I can't help with that."
+__all__ = ["REFUSAL", "VOCABULARY", "Answer", "Fault", "check_limits", "new_id", "plan", "roll_fault"]
+
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """vLLM's default ``max_tokens`` for ``/v1/completions``; chat's default is the rest of the context."""
-_PIECE = re.compile(r"\s*\S+")
+MAX_LOGPROB_ENTRIES = 200_000
+"""Most log probabilities (tokens x (1 + top_logprobs), all choices) one answer may carry: a 400 past it."""
 
 
 class Fault(Enum):
@@ -44,16 +54,12 @@ class Fault(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class ToolCall:
-    id: str
-    name: str
-    arguments: str
-    argument_pieces: list[str]
-
-
-@dataclass(frozen=True, slots=True)
 class Answer:
-    """A planned answer. ``pieces`` joined is the content; ``content_null`` marks an auto tool call."""
+    """One planned choice. ``pieces`` joined is the content; ``content_null`` marks an auto tool call.
+
+    ``stop_reason`` is the stop string that ended the text (vLLM's field); ``logprobs`` one entry per piece,
+    when asked for.
+    """
 
     pieces: list[str]
     finish_reason: str
@@ -63,21 +69,38 @@ class Answer:
     refusal: bool = False
     invalid_json: bool = False
     malformed_tool_call: bool = False
+    stop_reason: str | None = None
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
 
 
-def new_id(prefix: str) -> str:
-    """``prefix`` + 16 hex digits, like vLLM's ids. Ids are random, not seeded: they are not content."""
-    return prefix + os.urandom(8).hex()
+@dataclass(frozen=True, slots=True)
+class _Rolls:
+    """The request's behaviour rolls, and the schema its JSON answers follow."""
+
+    refusal: float
+    invalid_json: float
+    malformed_tool: float
+    schema: Any
 
 
 def check_limits(req: GenRequest, profile: ModelProfile) -> int:
-    """Raise vLLM's 400s for the model's limits; return the most tokens the answer may have."""
+    """Raise vLLM's 400s for the model's limits; return the most tokens each answer may have."""
     if req.tools and req.tool_choice != "none" and not profile.tool_parser:
         raise bad_request(
             f'"{req.tool_choice}" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set',
             "tool_choice",
         )
     limit = profile.max_model_len
+    if req.api == "responses":
+        if req.prompt_tokens >= limit:
+            message = f"The engine prompt length {req.prompt_tokens} exceeds the max_model_len {limit}."
+            raise bad_request(message + " Please reduce prompt.", "input")
+        room = limit - req.prompt_tokens
+        return min(req.max_tokens or room, room)
     if req.max_tokens is not None and req.max_tokens > limit:
         raise bad_request(
             f"max_tokens={req.max_tokens} cannot be greater than max_model_len={limit}. "
@@ -107,28 +130,55 @@ def roll_fault(profile: ModelProfile, rng: Random) -> Fault | None:
     return Fault.HANG if hung else None
 
 
-def plan(req: GenRequest, profile: ModelProfile, cap: int, rng: Random) -> Answer:
-    """The answer to ``req``, at most ``cap`` tokens long (except tool calls)."""
-    u_refusal, u_json, u_tool = rng.random(), rng.random(), rng.random()
+def plan(req: GenRequest, profile: ModelProfile, cap: int, rng: Random, model: str) -> list[Answer]:
+    """The answers to ``req``: ``n`` per prompt, in choice-index order, each at most ``cap`` tokens long.
+
+    Raises a 400 when the log probabilities asked for would pass ``MAX_LOGPROB_ENTRIES``."""
+    rolls = _Rolls(rng.random(), rng.random(), rng.random(), answer_schema(req))
+    answers: list[Answer] = []
+    for key in req.content_keys:
+        seed = req.sampling.seed
+        content = rng if seed is None else Random(f"{seed}:{model}:{key}")
+        answers += [
+            _apply_stop(_content(req, profile, cap, content, rolls), req.sampling.stop) for _ in range(req.sampling.n)
+        ]
+    return _with_logprobs(req, answers) if req.sampling.logprobs else answers
+
+
+def _with_logprobs(req: GenRequest, answers: list[Answer]) -> list[Answer]:
+    top = req.sampling.top_logprobs
+    entries = sum(len(a.pieces) for a in answers) * (1 + top)
+    if entries > MAX_LOGPROB_ENTRIES:
+        raise bad_request(
+            f"This answer would carry {entries} log probabilities, more than the simulator's "
+            f"{MAX_LOGPROB_ENTRIES}; ask for fewer choices, tokens or top_logprobs.",
+            "top_logprobs",
+        )
+    per_prompt = req.sampling.n
+    out = []
+    for i, answer in enumerate(answers):
+        if answer.tool_call is None:
+            rng = Random(f"logprobs:{req.content_keys[i // per_prompt]}:{i}:{answer.text}")
+            answer = replace(answer, logprobs=token_logprobs(answer.pieces, top, rng))
+        out.append(answer)
+    return out
+
+
+def _content(req: GenRequest, profile: ModelProfile, cap: int, rng: Random, rolls: _Rolls) -> Answer:
     forced_tool = req.tool_choice in ("required", "named")
-    if req.tool_choice != "none" and req.tools and (forced_tool or u_refusal >= profile.refusal_rate):
-        return _tool_answer(req, rng, u_tool < profile.malformed_tool_call_rate)
-    if u_refusal < profile.refusal_rate:
-        return _cut(_split(REFUSAL), cap, refusal=True)
+    wants_tool = forced_tool or (req.tool_choice == "auto" and req.tool_outcome is None)
+    if req.tools and wants_tool and (forced_tool or rolls.refusal >= profile.refusal_rate):
+        return _tool_answer(req, rng, rolls.malformed_tool < profile.malformed_tool_call_rate)
+    if rolls.refusal < profile.refusal_rate:
+        return _cut(split(REFUSAL), cap, refusal=True)
     if req.response_format != "text":
-        text = json.dumps(instance(req.schema, rng) if req.response_format == "json_schema" else _object(rng))
-        invalid = u_json < profile.invalid_json_rate
-        return _cut(_split(_break_json(text) if invalid else text), cap, invalid_json=invalid)
-    words = rng.choices(VOCABULARY, k=min(profile.output_tokens, cap))
-    if req.chat:
-        pieces = [words[0], *(" " + w for w in words[1:])]
-    else:
-        pieces = [" " + w for w in words]
+        text = json_text(req, rolls.schema, rng)
+        invalid = rolls.invalid_json < profile.invalid_json_rate
+        return _cut(split(break_json(text) if invalid else text), cap, invalid_json=invalid)
+    if req.tool_outcome is not None:
+        return _cut(split(final_answer(req.tool_outcome)), cap)
+    pieces = free_text(rng, min(profile.output_tokens, cap), chat=req.chat)
     return Answer(pieces, "length" if cap < profile.output_tokens else "stop", len(pieces))
-
-
-def _split(text: str) -> list[str]:
-    return _PIECE.findall(text)
 
 
 def _cut(pieces: list[str], cap: int, *, refusal: bool = False, invalid_json: bool = False) -> Answer:
@@ -137,41 +187,34 @@ def _cut(pieces: list[str], cap: int, *, refusal: bool = False, invalid_json: bo
     return Answer(kept, finish, len(kept), refusal=refusal, invalid_json=invalid_json)
 
 
-def _object(rng: Random) -> dict[str, object]:
-    return {"answer": " ".join(rng.choices(VOCABULARY, k=3)), "confidence": round(rng.random(), 2)}
-
-
-def _break_json(text: str) -> str:
-    """Drop the last character and add a trailing comma: never valid JSON, whatever ``text`` held."""
-    return text[:-1] + ","
+def _apply_stop(answer: Answer, stops: tuple[str, ...]) -> Answer:
+    """Cut the text before the earliest stop string (the first listed on a tie), as vLLM does."""
+    if answer.tool_call is not None or not stops:
+        return answer
+    text = answer.text
+    hits = [(at, order) for order, stop in enumerate(stops) if (at := text.find(stop)) >= 0]
+    if not hits:
+        return answer
+    at, order = min(hits)
+    kept: list[str] = []
+    length = 0
+    for piece in answer.pieces:
+        if length + len(piece) > at:
+            if at > length:
+                kept.append(piece[: at - length])
+            break
+        kept.append(piece)
+        length += len(piece)
+    return replace(answer, pieces=kept, finish_reason="stop", completion_tokens=len(kept), stop_reason=stops[order])
 
 
 def _tool_answer(req: GenRequest, rng: Random, malformed: bool) -> Answer:
-    tool = _pick_tool(req)
-    arguments = json.dumps(instance(tool.parameters or {"type": "object"}, rng), ensure_ascii=False)
-    name = tool.name
-    if malformed:
-        if rng.random() < 0.5:
-            declared = {t.name for t in req.tools}
-            name = "undeclared_tool"
-            while name in declared:
-                name += "_"
-        else:
-            arguments = _break_json(arguments)
-    argument_pieces = _split(arguments)
-    call = ToolCall(new_id("chatcmpl-tool-"), name, arguments, argument_pieces)
-    auto = req.tool_choice == "auto"
+    call = tool_call(req, rng, malformed=malformed)
     return Answer(
         pieces=[],
         finish_reason="stop" if req.tool_choice == "named" else "tool_calls",
-        completion_tokens=len(argument_pieces) + 2,
+        completion_tokens=len(call.argument_pieces) + 2,
         tool_call=call,
-        content_null=auto,
+        content_null=req.tool_choice == "auto",
         malformed_tool_call=malformed,
     )
-
-
-def _pick_tool(req: GenRequest) -> Tool:
-    if req.tool_choice == "named":
-        return next(t for t in req.tools if t.name == req.tool_name)
-    return req.tools[0]

@@ -36,14 +36,15 @@ def error_type(status: int) -> str:
 class SimError(Exception):
     """An error answer: HTTP ``status`` plus OpenAI's message/param."""
 
-    def __init__(self, status: int, message: str, param: str | None = None) -> None:
+    def __init__(self, status: int, message: str, param: str | None = None, type_: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
+        self.type = type_ or error_type(status)
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, error_type(self.status), param=self.param, code=self.status)
+        return error_body(self.message, self.type, param=self.param, code=self.status)
 
 
 def bad_request(message: str, param: str | None = None) -> SimError:
@@ -52,6 +53,16 @@ def bad_request(message: str, param: str | None = None) -> SimError:
 
 def model_not_found(model: str) -> SimError:
     return SimError(404, f"The model `{model}` does not exist.", "model")
+
+
+def response_not_found(response_id: str) -> SimError:
+    """vLLM's answer for an unknown ``previous_response_id`` or ``GET /v1/responses/{id}``."""
+    return SimError(404, f"Response with id '{response_id}' not found.", "response_id", "invalid_request_error")
+
+
+def unsupported(model: str, api: str) -> SimError:
+    """A model asked for an API its kind does not serve (a chat request to an embedding model, or the reverse)."""
+    return SimError(400, f"The model `{model}` does not support {api} API")
 
 
 def injected(status: int) -> SimError:

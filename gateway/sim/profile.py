@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,11 @@ class ModelProfile(BaseModel):
     """Close the connection after this many content chunks of a stream, without ``data: [DONE]``."""
     tool_parser: bool = True
     """Like ``--enable-auto-tool-choice --tool-call-parser hermes``; without it, tool use is a 400."""
+    kind: Literal["any", "generate", "embedding"] = "any"
+    """APIs served: ``generate`` (chat, completions, responses), ``embedding`` (embeddings), ``any`` both.
+    A request for an API the kind does not serve is a 400, as from a vLLM server of the other kind."""
+    embedding_dim: int = Field(default=256, ge=1, le=8192)
+    """Length of ``/v1/embeddings`` vectors; a request's ``dimensions`` may ask for fewer."""
 
     def overlay(self, changes: dict[str, Any]) -> ModelProfile:
         """A validated copy with ``changes`` applied; the changed fields count as explicitly set."""

@@ -1,4 +1,4 @@
-"""The simulator's live state: the profile snapshot, the counters, and per-model admission.
+"""The simulator's live state: the profile snapshot, the counters, per-model admission, recent responses.
 
 A live change (``POST /sim/config``) builds a new ``SimProfile`` and recomputes the effective per-model profiles
 on the side, then swaps both references; a request reads ``effective[model]`` once when it arrives.
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from gateway.sim.errors import bad_request
 from gateway.sim.profile import ModelProfile, SimProfile
+from gateway.sim.responses import ResponseStore
 from gateway.sim.shapes import fingerprint
 from gateway.sim.stats import ModelStats, SimStats
 
@@ -33,6 +34,8 @@ class SimState:
         self.stats = SimStats.for_models(self.models)
         self.inflight: set[asyncio.Task[Any]] = set()
         """Generation handlers now running, cancelled when the server stops."""
+        self.responses = ResponseStore()
+        """Finished ``/v1/responses`` answers, for ``previous_response_id`` and ``GET /v1/responses/{id}``."""
         self._waiters: dict[str, deque[asyncio.Future[None]]] = {name: deque() for name in self.models}
         self._initial = profile
         self._swap(profile)

@@ -13,6 +13,8 @@ _COUNTERS = (
     "requests",
     "chat",
     "completions",
+    "responses",
+    "embeddings",
     "stream",
     "non_stream",
     "completed",
@@ -35,13 +37,17 @@ _COUNTERS = (
 class ModelStats:
     """Counts for one served model. ``running``/``waiting`` are gauges; the rest only grow until a reset.
 
-    ``rejected`` counts 400s for the model's limits, ``errors`` injected errors (not 429s, which are
-    ``rate_limited``), ``cancelled`` requests whose client went away before the answer finished.
+    ``requests`` counts every API request for the model, by API in ``chat``, ``completions``, ``responses`` and
+    ``embeddings``. ``rejected`` counts 400s for the model's limits (or an API its kind does not serve),
+    ``errors`` injected errors (not 429s, which are ``rate_limited``), ``cancelled`` requests whose client went
+    away before the answer finished.
     """
 
     requests: int = 0
     chat: int = 0
     completions: int = 0
+    responses: int = 0
+    embeddings: int = 0
     stream: int = 0
     non_stream: int = 0
     completed: int = 0
