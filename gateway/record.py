@@ -33,8 +33,10 @@ def record(m: GatewayMetrics, ctx: RequestContext) -> None:
     m.genai_duration.labels(operation, "vllm", model).observe(time.perf_counter() - ctx.started)
     if ctx.usage is not None:
         m.tokens.labels("input", cohort, model).inc(ctx.usage.prompt_tokens)
-        m.tokens.labels("output", cohort, model).inc(ctx.usage.completion_tokens)
         m.genai_token_usage.labels(operation, "vllm", model, "input").observe(ctx.usage.prompt_tokens)
+        if ENDPOINTS[ctx.endpoint].output_tokens is None:
+            return  # embeddings produce no tokens: no output series at all (GenAI conventions)
+        m.tokens.labels("output", cohort, model).inc(ctx.usage.completion_tokens)
         m.genai_token_usage.labels(operation, "vllm", model, "output").observe(ctx.usage.completion_tokens)
         if ctx.stream and ctx.first_byte_at is not None and ctx.usage.completion_tokens > 1:
             decode = time.perf_counter() - ctx.first_byte_at

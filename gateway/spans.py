@@ -60,7 +60,10 @@ def open_attempt_span(tracing: Tracing, ctx: RequestContext, model: str, backend
         "gateway.fallback.reason": ctx.fallback.partition(":")[0] if ctx.fallback else None,
     }
     if ctx.record_content:
-        attributes["gen_ai.prompt"] = dumps(ctx.body.get("messages", ctx.body.get("prompt"))).decode()
+        prompt = ctx.body.get("messages", ctx.body.get("prompt", ctx.body.get("input")))
+        if ctx.endpoint == "responses":
+            prompt = {"instructions": ctx.body.get("instructions"), "input": prompt}
+        attributes["gen_ai.prompt"] = dumps(prompt).decode()
     return tracing.attempt_span(ctx.server_span, ctx.endpoint, model, attributes)
 
 
@@ -75,7 +78,7 @@ def close_attempt_span(
         span,
         response_model=ctx.upstream_model,
         prompt_tokens=usage.prompt_tokens if usage else None,
-        completion_tokens=usage.completion_tokens if usage else None,
+        completion_tokens=usage.completion_tokens if usage and ENDPOINTS[ctx.endpoint].output_tokens else None,
         finish_reasons=ctx.finish_reasons if error is None else (),
         error_type=error_type or ("stream_error" if error else None),
         error_message=error,

@@ -156,16 +156,12 @@ def end_attempt(
             attributes["gen_ai.response.model"] = response_model
             attributes["llm.response.model_name"] = response_model
             attributes["llm.model_name"] = response_model
+        if prompt_tokens is not None:  # embeddings have input tokens only: no output count at all
+            attributes.update({"gen_ai.usage.input_tokens": prompt_tokens, "llm.token_count.prompt": prompt_tokens})
+            attributes["llm.token_count.total"] = prompt_tokens + (completion_tokens or 0)
         if prompt_tokens is not None and completion_tokens is not None:
-            attributes.update(
-                {
-                    "gen_ai.usage.input_tokens": prompt_tokens,
-                    "gen_ai.usage.output_tokens": completion_tokens,
-                    "llm.token_count.prompt": prompt_tokens,
-                    "llm.token_count.completion": completion_tokens,
-                    "llm.token_count.total": prompt_tokens + completion_tokens,
-                }
-            )
+            attributes["gen_ai.usage.output_tokens"] = completion_tokens
+            attributes["llm.token_count.completion"] = completion_tokens
         if finish_reasons:
             attributes["gen_ai.response.finish_reasons"] = list(finish_reasons)
         if completion_text is not None:
