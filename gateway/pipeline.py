@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from gateway.auth import allow_cohort, allow_model
 from gateway.context import RequestContext
 from gateway.dispatch import with_fallbacks
-from gateway.endpoints import ENDPOINTS
+from gateway.endpoints import ENDPOINTS, EndpointSpec
 from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.evaluate import finish, start_shadows
 from gateway.record import record
@@ -102,6 +102,16 @@ def charge(gateway: Gateway, ctx: RequestContext) -> None:
     gateway.limiter.charge_tokens(key.name, key.spec.rate_limit, tokens)
 
 
+def wrong_kind(snapshot: PolicySnapshot, model: str, route: str, endpoint: EndpointSpec) -> str:
+    named = snapshot.policy.spec.models.get(model)
+    if named is not None:
+        serves = "/v1/embeddings only" if named.kind == "embedding" else f"no {endpoint.path}"
+        return f"model '{model}' is kind: {named.kind}: it serves {serves}"
+    if endpoint.embedding:
+        return f"the route '{route}' has no model of kind: embedding to serve {endpoint.path}"
+    return f"the route '{route}' has no model other than kind: embedding to serve {endpoint.path}"
+
+
 async def previous_response(gateway: Gateway, ctx: RequestContext) -> tuple[str, str] | None:
     """Where the response a Responses API request continues was produced: this instance's memory, else (with
     fleet state in Redis) the fleet's, within the store's time bound; None when unknown."""
@@ -160,8 +170,7 @@ def classify_and_plan(
         ctx.decision.cohort, features, ctx.request_id, skip, rollouts, embedding=endpoint.embedding
     )
     if not plan.primary:
-        kind = "an embedding model (kind: embedding)" if endpoint.embedding else "a model that is not kind: embedding"
-        raise InvalidRequest(f"the route '{plan.route}' has no {kind} to serve {endpoint.path}", param="model")
+        raise InvalidRequest(wrong_kind(snapshot, features.model, plan.route, endpoint), param="model")
     if previous is not None:  # the conversation lives on that backend only: no other attempt
         ctx.pinned_backend = previous[1]
         ctx.plan = replace(plan, primary=previous[0], attempts=(previous[0],), skipped=())

@@ -144,10 +144,10 @@ def test_embeddings_go_to_embedding_models_only_and_are_counted(stack: Stack) ->
     assert input_tokens == embedded.usage.prompt_tokens
     with pytest.raises(openai.BadRequestError) as chat_model:
         client(stack).embeddings.create(model="source-a", input="hello")
-    assert "kind: embedding" in chat_model.value.message
+    assert "is kind: source: it serves no /v1/embeddings" in chat_model.value.message
     with pytest.raises(openai.BadRequestError) as embedding_model:
         client(stack).chat.completions.create(model="embedder", messages=[{"role": "user", "content": "hi"}])
-    assert "not kind: embedding" in embedding_model.value.message
+    assert "is kind: embedding: it serves /v1/embeddings only" in embedding_model.value.message
     bad = httpx.post(f"{stack.url}/v1/embeddings", json={"model": "embedder", "input": [1, "a"]})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "input"
 

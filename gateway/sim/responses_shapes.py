@@ -54,7 +54,12 @@ def _function_call(item_id: str, call_id: str, name: str, arguments: str, status
 def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0, "input_tokens_per_turn": [], "cached_tokens_per_turn": []},
+        "input_tokens_details": {
+            "cached_tokens": 0,
+            "cache_write_tokens": 0,
+            "input_tokens_per_turn": [],
+            "cached_tokens_per_turn": [],
+        },
         "output_tokens": completion,
         "output_tokens_details": {
             "reasoning_tokens": 0,
@@ -142,7 +147,7 @@ def response_stream(start: dict[str, Any], final: dict[str, Any], answer: Answer
             yield events.frame(
                 "response.function_call_arguments.delta", {"delta": piece, "item_id": item["id"], **at}, content=True
             )
-        done = {"arguments": call.arguments, "item_id": item["id"], **at}
+        done = {"arguments": call.arguments, "item_id": item["id"], "name": item["name"], **at}
         yield events.frame("response.function_call_arguments.done", done)
     else:
         part = {"content_index": 0, "item_id": item["id"]}

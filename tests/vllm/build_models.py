@@ -10,8 +10,10 @@ Runs in the vLLM environment (``.venv-vllm``: torch, transformers, peft, tokeniz
   random but distinct (one seed each), saved as peft adapters that ``vllm --lora-modules`` loads.
 * ``merged-v1``: a full checkpoint, ``W_base + sum_i w_i * (W_i - W_base)`` where ``W_i`` is the base with adapter
   ``i`` merged in by peft (``merge_and_unload``): a linear merge of the sources' parameter deltas.
+* ``embedder``: a tiny BERT encoder saved as a sentence-transformers model, for a vLLM pooling server, with
+  reference embeddings computed here (``build_embedder.py``).
 
-The output goes to ``OUT/<key>/`` where ``key`` hashes this file and the library versions, so a second run is a
+The output goes to ``OUT/<key>/`` where ``key`` hashes the build scripts and the library versions, so a second run is a
 no-op (``OUT/<key>/COMPLETE`` marks a finished build). Usage::
 
     python tests/vllm/build_models.py build --out .cache/vllm/models   # prints the model directory
@@ -41,6 +43,8 @@ LORA_STD = 0.1  # delta = (alpha / r) * B @ A: about 0.06 per entry, three times
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VOCAB_SIZE = 512
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+EMBEDDER = "embedder"
+EMBEDDER_SCRIPT = Path(__file__).with_name("build_embedder.py")
 
 CHAT_TEMPLATE = (
     "{%- if tools %}"
@@ -97,6 +101,7 @@ def cache_key() -> str:
     import transformers
 
     digest = hashlib.sha256(Path(__file__).read_bytes())
+    digest.update(EMBEDDER_SCRIPT.read_bytes())
     for module in (torch, transformers, peft, tokenizers):
         digest.update(f"{module.__name__}={module.__version__};".encode())
     return digest.hexdigest()[:16]
@@ -226,6 +231,9 @@ def build(root: Path) -> Path:
     for name, seed in SOURCES.items():
         build_adapter(staging / "base", adapters[name], seed)
     build_merged(staging / "base", adapters, MERGE_WEIGHTS, staging / MERGED)
+    from build_embedder import build_embedder  # a sibling module: this file runs as a script
+
+    build_embedder(staging / EMBEDDER)
     (staging / "COMPLETE").write_text(json.dumps({"seed": SEED, "sources": SOURCES, "weights": MERGE_WEIGHTS}))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

@@ -7,7 +7,8 @@ that does not start is an error of the run.
 * server ``sources``: the base model as ``tiny-base`` plus the LoRA adapters ``billing-specialist`` and
   ``policy-specialist``, context 1024 tokens, its worker's OpenMP threads on the first core;
 * server ``merged``: the merged checkpoint as ``merged-v1``, context 512 tokens, at most 2 sequences at a time (so
-  a few long requests build a real waiting queue), the last core.
+  a few long requests build a real waiting queue), the last core;
+* server ``embedder``: the tiny BERT encoder as ``embedder`` on a pooling runner (``/v1/embeddings``), the first core.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ if os.environ.get("LLM_GATEWAY_VLLM") != "1":
 ADMIN_TOKEN = "vllm-it-admin"
 SOURCES_CONTEXT = 1024
 MERGED_CONTEXT = 512
+EMBEDDER_CONTEXT = 512
 
 POLICY = """
 version: 1
 revision: vllm-it
-public_models: [support-assistant]
+public_models: [support-assistant, support-embeddings]
 models:
+  embedder:           {kind: embedding, backends: ["${embedder}"], max_context: 512}
   base:               {kind: base,   backends: ["${sources}"], served_name: tiny-base, max_context: 1024}
   billing-specialist: {kind: source, backends: ["${sources}"], max_context: 1024}
   policy-specialist:  {kind: source, backends: ["${sources}"], max_context: 1024}
@@ -47,6 +50,7 @@ models:
     backends: ["${merged}"]
     max_context: 512
 cohorts:
+  - {name: embeddings,       match: {model: [support-embeddings, embedder]}}
   - {name: tool_required,    match: {has_tools: true}}
   - {name: structured,       match: {response_format: json_object}}
   - {name: billing_dispute,  match: {header: {x-topic: dispute}}}
@@ -55,6 +59,7 @@ cohorts:
   - {name: policy_exception, match: {metadata: {queue: policy}}}
   - {name: out_of_domain,    default: true}
 routes:
+  embeddings:       {target: embedder}
   tool_required:    {target: merged-v1, fallback: [billing-specialist]}
   structured:       {target: merged-v1, fallback: [policy-specialist]}
   billing_dispute:  {target: billing-specialist, fallback: [base]}
@@ -131,6 +136,14 @@ def vllm_servers(
             max_model_len=MERGED_CONTEXT,
             cpus=str(cpus[-1]),
             max_num_seqs=2,
+        ),
+        ServerSpec(
+            name="embedder",
+            model=models_dir / "embedder",
+            served_name="embedder",
+            max_model_len=EMBEDDER_CONTEXT,
+            cpus=str(cpus[0]),
+            runner="pooling",
         ),
     ]
     servers = {spec.name: VllmServer(spec, vllm_python, run_dir) for spec in specs}

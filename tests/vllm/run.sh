@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make test-vllm`: build the test models (cached by content), run tests/vllm against two real vLLM servers on CPU
-# with the gateway in front, and stop every server whatever happens. All it writes stays under .cache/vllm.
+# `make test-vllm`: build the test models (cached by content), run tests/vllm against three real vLLM servers on CPU
+# (two chat servers, one embedding server) with the gateway in front, and stop every server whatever happens.
+# All it writes stays under .cache/vllm.
 # Arguments go to pytest (make test-vllm VLLM_PYTEST_ARGS="-k balancing").
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -41,6 +41,7 @@ class ServerSpec:
     cpus: str  # VLLM_CPU_OMP_THREADS_BIND: the cores its worker's OpenMP threads use
     lora_modules: Mapping[str, Path] = field(default_factory=dict)
     max_num_seqs: int | None = None
+    runner: str = "generate"  # "pooling": an embedding model, served on /v1/embeddings
 
     def arguments(self, port: int) -> list[str]:
         args = [
@@ -59,11 +60,12 @@ class ServerSpec:
             "--max-model-len",
             str(self.max_model_len),
             "--enforce-eager",
-            "--enable-auto-tool-choice",
-            "--tool-call-parser",
-            "hermes",
+            "--runner",
+            self.runner,
             "--disable-uvicorn-access-log",
         ]
+        if self.runner == "generate":
+            args += ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
         if self.max_num_seqs is not None:
             args += ["--max-num-seqs", str(self.max_num_seqs)]
         if self.lora_modules:
@@ -73,7 +75,8 @@ class ServerSpec:
 
 
 def vllm_environment(run_dir: Path, cpus: str) -> dict[str, str]:
-    """The server's environment: offline, no usage stats, 1 GiB of KV cache, every cache under ``run_dir/cache``."""
+    """The server's environment: offline, no usage stats, 1 GiB of KV cache, every cache under ``run_dir/cache``,
+    and the Responses API's store on (vLLM keeps each response in memory, so ``previous_response_id`` works)."""
     env = dict(os.environ)
     caches = {
         "TMPDIR": "tmp",
@@ -101,6 +104,7 @@ def vllm_environment(run_dir: Path, cpus: str) -> dict[str, str]:
             "DO_NOT_TRACK": "1",
             "VLLM_CPU_KVCACHE_SPACE": "1",
             "VLLM_CPU_OMP_THREADS_BIND": cpus,
+            "VLLM_ENABLE_RESPONSES_API_STORE": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -40,9 +41,13 @@ def test_models_ship_their_recipe_and_tokenizer(models_dir: Path) -> None:
         files = {p.name for p in (models_dir / name).iterdir()}
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files, name
     assert (models_dir / "merged-v1" / "merge_config.json").is_file()
+    embedder = models_dir / "embedder"
+    files = {p.name for p in embedder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "modules.json", "reference.json"} <= files
+    assert json.loads((embedder / "1_Pooling" / "config.json").read_text())["pooling_mode_mean_tokens"] is True
 
 
-def test_vllm_serves_the_base_the_adapters_and_the_merge(vllm_servers: dict[str, VllmServer]) -> None:
+def test_vllm_serves_the_base_the_adapters_the_merge_and_the_encoder(vllm_servers: dict[str, VllmServer]) -> None:
     sources = httpx.get(f"{vllm_servers['sources'].url}/v1/models", timeout=10).json()["data"]
     merged = httpx.get(f"{vllm_servers['merged'].url}/v1/models", timeout=10).json()["data"]
     assert {(m["id"], m["parent"]) for m in sources} == {
@@ -51,6 +56,8 @@ def test_vllm_serves_the_base_the_adapters_and_the_merge(vllm_servers: dict[str,
         ("policy-specialist", "tiny-base"),
     }
     assert [(m["id"], m["max_model_len"]) for m in merged] == [("merged-v1", 512)]
+    embedder = httpx.get(f"{vllm_servers['embedder'].url}/v1/models", timeout=10).json()["data"]
+    assert [(m["id"], m["max_model_len"]) for m in embedder] == [("embedder", 512)]
 
 
 def test_each_model_generates_its_own_tokens(vllm_servers: dict[str, VllmServer]) -> None:
