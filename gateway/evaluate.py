@@ -27,6 +27,8 @@ def shadow_targets(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) ->
     """(model, reason, limits) for every shadow copy this request gets; never the model that answered it."""
     assert ctx.plan is not None
     targets: list[tuple[str, str, MirrorSpec]] = []
+    if ctx.endpoint == "embeddings" or ctx.pinned_backend is not None:
+        return targets  # no answer text to judge; a continuation's conversation lives on one backend only
     mirror = ctx.plan.route_spec.mirror
     if mirror is not None:
         targets += [(m, "mirror", mirror) for m in ctx.plan.mirror_to]

@@ -26,6 +26,7 @@ from gateway.errors import UpstreamError, UpstreamTimeout
 from gateway.evals.agreement import compare
 from gateway.evals.answer import FinishedAnswer, answer_from_json
 from gateway.evals.recorder import EvalRecorder
+from gateway.evals.responses_answer import answer_from_response
 from gateway.policy.schema import CaptureSpec
 from gateway.telemetry.metrics import GatewayMetrics
 from gateway.telemetry.tracing import Tracing, end_attempt, request_attributes
@@ -233,7 +234,8 @@ class ShadowDispatcher:
         parsed = parsed if isinstance(parsed, dict) else {}
         usage: dict[str, Any] = parsed["usage"] if isinstance(parsed.get("usage"), dict) else {}
         model: str | None = parsed["model"] if isinstance(parsed.get("model"), str) else None
-        return answer_from_json(job.body, parsed, ttft_s=elapsed, total_s=elapsed), usage, model
+        read = answer_from_response if job.endpoint == "responses" else answer_from_json
+        return read(job.body, parsed, ttft_s=elapsed, total_s=elapsed), usage, model
 
     def _count(self, job: ShadowJob, outcome: str) -> None:
         self.outcomes[(job.model, job.cohort, outcome)] += 1

@@ -26,7 +26,7 @@ cohorts:
   - {name: billing, match: {content: "(?i)refund"}}
   - {name: chat, default: true}
 routes:
-  billing: {target: merged-v1, fallback: sources}
+  billing: {target: merged-v1, fallback: sources, mirror: {to: [source-a], sample: 1.0}}
   chat: {target: source-a}
 """
 SIMS = {"m1": ["merged-v1"], "m2": ["merged-v1"], "src": ["source-a"], "emb": ["embedder"]}
@@ -158,3 +158,21 @@ def test_models_can_be_retrieved_one_by_one(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
         client(stack).models.retrieve("gpt-7")
     assert missing.value.code == "model_not_found"
+
+
+def test_a_mirrored_response_is_evaluated_as_a_response(stack: Stack) -> None:
+    ok = 'llm_gateway_mirror_requests_total{cohort="billing",model="source-a",outcome="ok"}'
+    before = metric(stack, ok)
+    client(stack).responses.create(
+        model="assistant", input="a refund, and answer in JSON", text={"format": {"type": "json_object"}}
+    )
+    assert stack.wait_for(lambda: metric(stack, ok) == before + 1)
+
+    def judged() -> bool:
+        windows = httpx.get(f"{stack.url}/admin/state", headers=AUTH).json()["evals"]["windows"]
+        return any(
+            (w["model"], w["cohort"], w["evaluator"]) == ("source-a", "billing", "json_valid") and w["outcomes"] > 0
+            for w in windows
+        )
+
+    assert stack.wait_for(judged)  # the shadow's JSON was read from the Responses output, not chat's choices
