@@ -81,10 +81,11 @@ def test_failures_spread_across_instances_trip_a_gate_no_instance_could_trip_alo
     fleet.configure({"model": "merged-v1", "set": {"invalid_json_rate": 1.0}})
     try:
         urls = itertools.cycle(fleet.urls)
-        for _ in range(33):  # 11 per instance, under the gate's min_samples of 30 on any one of them
+        for i in range(33):  # 11 per instance, under the gate's min_samples of 30 on any one of them
             answer = chat(next(urls), response_format={"type": "json_object"})
             assert answer.status_code == 200, answer.text
-            assert answer.headers["x-gateway-model"] == "merged-v1"
+            if i < 30:  # the fleet has fewer than 30 outcomes: nothing can have tripped yet
+                assert answer.headers["x-gateway-model"] == "merged-v1"
         took = wait_until(lambda: tripped_everywhere(fleet, "structured"), SPREAD_S + 1)
         assert took is not None and took <= SPREAD_S, took
         for url in fleet.urls:
