@@ -21,7 +21,13 @@ cohorts:
 routes:
   chat:
     target: incumbent
-    rollout: {candidate: merged-v1, steps: [10, 30, 60, 90], step_s: 0.5, min_samples: 6, sticky: user}
+    rollout:
+      candidate: merged-v1
+      steps: [10, 30, 60, 90]
+      step_s: 0.5
+      min_samples: 6
+      sticky: user
+      max_latency_ratio: 100  # both models are one simulator: a loaded machine must not fail the step on noise
 """
 
 
