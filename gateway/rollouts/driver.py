@@ -73,6 +73,7 @@ class RolloutDriver:
         self._weights: dict[str, tuple[str, float]] = {}  # route → (candidate, percent), read by the request path
         self._route_of: dict[str, str] = {}  # cohort → the route that serves it
         self._task: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[dict[str, Any] | None] | None = None  # the last "ended" write, kept referenced
 
     def reconfigure(self, policy: PolicySpec) -> None:
         """A (re)loaded policy: rollouts of (route, candidate) pairs it keeps keep their state; others end."""
@@ -301,8 +302,7 @@ class RolloutDriver:
         log.warning("%s", json.dumps(event))
         if state.version:
             ended = {**state.as_json(), "ended": True}
-            task = asyncio.get_running_loop().create_task(self._fleet.put_document(document_name(key), ended))
-            self._ending = task
+            self._ending = asyncio.get_running_loop().create_task(self._fleet.put_document(document_name(key), ended))
 
     def _fleet_evidence(self, key: Key) -> StepEvidence:
         """This step's evidence from every instance (this one's as it is now)."""
