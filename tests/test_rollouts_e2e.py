@@ -211,3 +211,42 @@ def test_invalid_json_under_a_json_valid_gate_at_the_second_step_rolls_the_candi
         assert state["state"] == "rolled_back", state
         assert "eval gate" in state["reason"] and state["decided_on"]["gate_tripped"] is True
         assert all(send().headers["x-gateway-model"] == "incumbent" for _ in range(10))
+
+
+BREAKER = """
+version: 1
+public_models: [assistant]
+models:
+  incumbent: {kind: source, backends: ["${inc}"]}
+  merged-v1: {kind: merged, sources: [incumbent], backends: ["${cand}"]}
+cohorts:
+  - {name: billing, default: true}
+routes:
+  billing:
+    target: incumbent
+    rollout:
+      candidate: merged-v1
+      steps: [50, 100]
+      step_s: 3600
+      min_samples: 40
+      max_error_rate: 0.2
+      max_latency_ratio: 50
+health:
+  breaker: {consecutive_failures: 2, open_s: 60}
+"""
+
+
+def test_a_candidate_its_breaker_keeps_from_requests_still_fails_its_step(admin_token: None) -> None:
+    with Stack(BREAKER, SIMS) as stack, httpx.Client(timeout=10) as client:
+        assert stack.wait_for(lambda: rollout(stack)["weight"] == 50.0)
+        for i in range(40):
+            assert ask(stack, f"b-{i}", client=client).status_code == 200
+        stack.configure("cand", {"set": {"error_rate": 1.0, "error_status": 500}})
+        sent = 0
+        while rollout(stack)["state"] == "progressing" and sent < 80:
+            assert ask(stack, f"c-{sent}", client=client).status_code == 200
+            sent += 1
+        state = rollout(stack)
+        # two real failures open the breaker; the candidate is asked no more, and what it would have got counts
+        assert state["state"] == "rolled_back", state
+        assert "error rate" in state["reason"]
