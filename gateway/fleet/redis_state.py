@@ -127,7 +127,8 @@ class RedisFleetState(FleetState):
             try:
                 async with asyncio.timeout(self.url.timeout_s * 2):
                     await self._sync()
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError, ValueError, TypeError, KeyError, IndexError) as exc:
+                # a store that fails, or holds data this version cannot read, is an outage: never the loop's end
                 self._down(exc)
                 return False
             self._up()
