@@ -21,6 +21,7 @@ from gateway.errors import (
     AttemptsExhausted,
     GatewayError,
     NoBackendAvailable,
+    PreviousResponseUnavailable,
     UpstreamDisconnected,
     UpstreamError,
     UpstreamStatus,
@@ -30,7 +31,6 @@ from gateway.policy.schema import PolicySpec, RouteSpec
 from gateway.routing.features import RequestFeatures
 from gateway.runtime import Gateway
 from gateway.transport import Answer, single_attempt
-from gateway.upstream.affinity import PreviousResponseUnavailable
 from gateway.upstream.client import Timeouts
 from gateway.upstream.pool import Backend
 

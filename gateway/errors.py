@@ -63,6 +63,26 @@ class PermissionDenied(GatewayError):
     code = "permission_denied"
 
 
+class RolloutConflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "rollout_conflict"
+
+
+class StateUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    code = "state_unavailable"
+
+
+class PreviousResponseUnavailable(GatewayError):
+    """The backend that holds the conversation is gone (removed from the policy, drained, or down)."""
+
+    status = 409
+    type = "invalid_request_error"
+    code = "previous_response_unavailable"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"

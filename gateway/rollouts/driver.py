@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, InvalidRequest
+from gateway.errors import InvalidRequest, RolloutConflict, StateUnavailable
 from gateway.fleet import FleetState
 from gateway.policy.schema import PolicySpec, RolloutSpec
 from gateway.rollouts.analysis import STATES, RolloutState, Verdict, judge
@@ -34,18 +34,6 @@ Key = tuple[str, str]  # (route, candidate)
 TICK_S = 0.5
 LEASE = "rollouts"
 ACTIONS = ("pause", "resume", "abort", "promote")
-
-
-class RolloutConflict(GatewayError):
-    status = 409
-    type = "invalid_request_error"
-    code = "rollout_conflict"
-
-
-class StateUnavailable(GatewayError):
-    status = 503
-    type = "service_unavailable"
-    code = "state_unavailable"
 
 
 def document_name(key: Key) -> str:

@@ -13,16 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import GatewayError
-
-
-class PreviousResponseUnavailable(GatewayError):
-    """The backend that holds the conversation is gone (removed from the policy, drained, or down)."""
-
-    status = 409
-    type = "invalid_request_error"
-    code = "previous_response_unavailable"
-
 
 @dataclass(frozen=True, slots=True)
 class Produced:
