@@ -107,12 +107,39 @@ class CohortSpec(Strict):
         return self
 
 
-class CaptureSpec(Strict):
-    """Write (request, primary answer, shadow answer) as JSON lines, for offline review."""
+CaptureContent = Literal["full", "redacted", "none"]
+"""What a capture record keeps of the request: all of it, its structure with text replaced by same-length hashes,
+or the routing features only."""
 
-    path: str = Field(min_length=1)
+
+class CaptureSpec(Strict):
+    """A route's shadow answers as capture records (the format of the policy's ``capture``), for offline review."""
+
+    path: str = Field(min_length=1, description="JSONL file; '{instance}' is replaced by the fleet instance id")
     max_bytes: PositiveInt = 10 * 1024 * 1024
     keep: Annotated[int, Field(ge=0)] = 3
+    content: CaptureContent = Field(default="full", description="full | redacted | none")
+
+
+class TrafficCaptureSpec(Strict):
+    """A sampled share of primary requests and their outcomes as JSONL: the input of ``llm-gateway replay`` and a
+    dataset for ``llm-gateway eval`` (docs/capture.md)."""
+
+    path: str = Field(min_length=1, description="JSONL file; '{instance}' is replaced by the fleet instance id")
+    sample: Fraction = Field(default=0.01, description="share of primary requests captured")
+    cohorts: dict[str, Fraction] = Field(default_factory=dict, description="per-cohort shares, overriding sample")
+    content: CaptureContent = Field(default="redacted", description="full | redacted | none")
+    headers: list[str] = Field(
+        default_factory=list, description="request headers kept besides those the policy's rules read"
+    )
+    max_bytes: PositiveInt = Field(default=100 * 1024 * 1024, description="a file is rotated at this size")
+    keep: Annotated[int, Field(ge=0)] = Field(default=5, description="rotated files kept")
+    queue: PositiveInt = Field(default=10_000, description="records waiting to be written; more are dropped")
+    hash_key: str | None = Field(
+        default=None,
+        pattern=r"^env:[A-Za-z_][A-Za-z0-9_]*$",
+        description="env:VAR: a secret that keys the hashes of redacted text",
+    )
 
 
 class MirrorSpec(Strict):
@@ -278,6 +305,12 @@ class PromotionSpec(Strict):
     judge_min_score: Annotated[int, Field(ge=1, le=5)] = 4
     shadow_sample: Fraction = Field(default=0.1, description="mirror share proposed for cohorts not earned")
     gate_max_fail_rate: Fraction = Field(default=0.05, description="max_fail_rate of the proposed eval gate")
+    statistics: Literal["paired", "independent"] = Field(
+        default="paired", description="paired: compare the models case by case where both answered the same case"
+    )
+    multiplicity: Literal["holm", "none"] = Field(
+        default="holm", description="control of the error across every cohort x evaluator comparison of a run"
+    )
 
 
 class EvalsSpec(Strict):
@@ -348,6 +381,7 @@ class PolicySpec(Strict):
     evals: EvalsSpec = EvalsSpec()
     limits: LimitsSpec = LimitsSpec()
     telemetry: TelemetrySpec = TelemetrySpec()
+    capture: TrafficCaptureSpec | None = Field(default=None, description="write a share of requests as JSONL")
     keys: dict[str, KeySpec] | None = Field(default=None, description="client keys; without it the gateway is open")
 
     def served_name(self, model: str) -> str:
