@@ -64,6 +64,34 @@ class ModelSpec(Strict):
     )
 
 
+class SemanticSpec(Strict):
+    """Nearest-example cosine similarity between the request's text and examples, in a ``kind: embedding`` model's
+    vector space (docs/semantic.md)."""
+
+    model: str = Field(min_length=1, description="a kind: embedding model of this policy")
+    examples: list[Annotated[str, Field(min_length=1, max_length=8192)]] | None = Field(
+        default=None, min_length=1, max_length=10_000
+    )
+    examples_file: str | None = Field(
+        default=None, min_length=1, description="a text file, one example a line, relative to the policy file"
+    )
+    threshold: Annotated[float, Field(ge=-1.0, le=1.0)] = Field(
+        default=0.8, description="the rule holds when the nearest example's cosine similarity is at least this"
+    )
+    text: Literal["last_user", "user", "all"] = Field(
+        default="last_user", description="what is embedded: the last user message, every user message, or all"
+    )
+    timeout_s: PositiveFloat = Field(
+        default=0.05, description="budget for the request's embedding; slower or failing: the rule does not hold"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SemanticSpec:
+        if (self.examples is None) == (self.examples_file is None):
+            raise ValueError("a semantic rule needs exactly one of 'examples' or 'examples_file'")
+        return self
+
+
 class Match(Strict):
     """Conditions on a request. Keys in one mapping must all hold; use ``any``/``all``/``not`` to combine."""
 
@@ -79,6 +107,7 @@ class Match(Strict):
     ) = None
     min_prompt_chars: Annotated[int, Field(ge=0)] | None = None
     max_prompt_chars: Annotated[int, Field(ge=0)] | None = None
+    semantic: SemanticSpec | None = None
     any: list[Match] | None = Field(default=None, min_length=1)
     all: list[Match] | None = Field(default=None, min_length=1)
     not_: Match | None = Field(default=None, alias="not")
