@@ -62,18 +62,22 @@ def start_shadows(gateway: Gateway, ctx: RequestContext, policy: PolicySpec) -> 
             primary=primary,
             capture=spec.capture,
             primary_span=ctx.server_span,
+            origin=ctx,
         )
         gateway.shadows.submit(job)
     return primary
 
 
-def finish(gateway: Gateway, ctx: RequestContext, primary: asyncio.Future[FinishedAnswer | None]) -> None:
-    """The primary answer is complete: remember it for feedback, release the shadows, evaluate it."""
+def finish(
+    gateway: Gateway, ctx: RequestContext, primary: asyncio.Future[FinishedAnswer | None]
+) -> FinishedAnswer | None:
+    """The primary answer is complete: remember it for feedback, release the shadows, evaluate it. Returns the
+    answer as the evaluators see it (None for embeddings and a broken stream: nothing to judge)."""
     model = ctx.answered_by
     if model is None or ctx.stream_error is not None or ctx.endpoint == "embeddings":
         if not primary.done():
             primary.set_result(None)
-        return
+        return None
     key = ctx.client_key.name if ctx.client_key is not None else None
     gateway.recorder.feedback.remember(ctx.request_id, model, ctx.cohort, key)
     now = time.perf_counter()
@@ -87,3 +91,4 @@ def finish(gateway: Gateway, ctx: RequestContext, primary: asyncio.Future[Finish
     if not primary.done():
         primary.set_result(answer)
     asyncio.get_running_loop().call_soon(gateway.recorder.evaluate, model, ctx.cohort, answer, "online")
+    return answer

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry.trace import Span
 
-from gateway.capture import CaptureWriter
-from gateway.errors import UpstreamError, UpstreamTimeout
+from gateway.capture.record import shadow_outcome
+from gateway.capture.traffic import TrafficCapture
+from gateway.context import RequestContext
+from gateway.errors import UpstreamBadAnswer, UpstreamError, UpstreamTimeout
 from gateway.evals.agreement import compare
 from gateway.evals.answer import FinishedAnswer, answer_from_json
 from gateway.evals.recorder import EvalRecorder
@@ -53,6 +54,20 @@ class ShadowJob:
     primary: asyncio.Future[FinishedAnswer | None]
     capture: CaptureSpec | None = None
     primary_span: Span | None = None
+    origin: RequestContext | None = None  # the primary request (finished routing), for capture records
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowResult:
+    """How one shadow copy ended: its answer (None when it failed), the status it got, the error code of a
+    failure, its usage and how long it took (seconds)."""
+
+    answer: FinishedAnswer | None
+    status: int
+    error: str | None = None
+    usage: dict[str, Any] = field(default_factory=dict)
+    latency_s: float = 0.0
+    served_model: str | None = None  # what the backend answered in ``model``
 
 
 class _Lane:
@@ -72,8 +87,10 @@ class ShadowDispatcher:
         recorder: Callable[[], EvalRecorder],
         metrics: GatewayMetrics,
         tracing: Tracing,
+        capture: TrafficCapture,
     ) -> None:
         self._tracing = tracing
+        self._traffic = capture
         self._client = client
         self._registry = registry
         self._recorder = recorder
@@ -82,7 +99,6 @@ class ShadowDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self.agreement: Counter[tuple[str, str, str, str]] = Counter()  # (model, cohort, check, result)
         self.outcomes: Counter[tuple[str, str, str]] = Counter()  # (model, cohort, outcome)
-        self._writers: dict[str, CaptureWriter] = {}
         self.on_answer: Callable[[str, str, bool, float | None], None] | None = None
         """(cohort, model, answered, latency): shadow evidence for a rollout of that model on that cohort."""
 
@@ -112,57 +128,44 @@ class ShadowDispatcher:
     async def _run(self, job: ShadowJob, lane: _Lane) -> None:
         try:
             async with lane.running:
-                answer = await self._send(job)
+                result = await self._send(job)
         finally:
             lane.pending -= 1
+        answer = result.answer
         if self.on_answer is not None:
             latency = None if answer is None else answer.ttft_s if answer.ttft_s is not None else answer.total_s
             self.on_answer(job.cohort, job.model, answer is not None, latency)
-        if answer is None:
-            return
-        self._recorder().evaluate(job.model, job.cohort, answer, "shadow")
+        checks = None
+        if answer is not None:
+            self._recorder().evaluate(job.model, job.cohort, answer, "shadow")
+            checks = await self._compare(job, answer)
+        if job.capture is not None and job.origin is not None:
+            outcome = shadow_outcome(job.origin, job.model, result.status, result.error, result.usage, result.latency_s)
+            shadow = {"reason": job.reason, "primary_model": job.origin.answered_by, "agreement": checks}
+            self._traffic.shadow(job.capture, job.origin, job.body, outcome, answer, shadow)
+
+    async def _compare(self, job: ShadowJob, answer: FinishedAnswer) -> dict[str, bool] | None:
+        """The agreement checks with the primary answer once it is complete; None when the primary failed or
+        took longer than the shadow's ``timeout_s`` to finish."""
         try:
             primary = await asyncio.wait_for(asyncio.shield(job.primary), job.timeout_s)
         except TimeoutError:
-            return
+            return None
         if primary is None:
-            return
+            return None
         checks = compare(primary, answer)
         for check, agreed in checks.items():
             result = "agree" if agreed else "disagree"
             self.agreement[(job.model, job.cohort, check, result)] += 1
             self._metrics.mirror_agreement.labels(job.model, job.cohort, check, result).inc()
-        if job.capture is not None:
-            self._capture(job, primary, answer, checks)
+        return checks
 
-    def _capture(
-        self, job: ShadowJob, primary: FinishedAnswer, shadow: FinishedAnswer, checks: dict[str, bool]
-    ) -> None:
-        assert job.capture is not None
-        spec = job.capture
-        writer = self._writers.get(spec.path)
-        if writer is None or (writer.max_bytes, writer.keep) != (spec.max_bytes, spec.keep):
-            writer = self._writers[spec.path] = CaptureWriter(spec.path, spec.max_bytes, spec.keep)
-        writer.write(
-            {
-                "time": time.time(),
-                "request_id": job.headers.get("x-request-id"),
-                "cohort": job.cohort,
-                "candidate": job.model,
-                "reason": job.reason,
-                "request": job.body,
-                "primary": _summary(primary),
-                "shadow": _summary(shadow),
-                "agreement": checks,
-            }
-        )
-
-    async def _send(self, job: ShadowJob) -> FinishedAnswer | None:
+    async def _send(self, job: ShadowJob) -> ShadowResult:
         pool = self._registry().pools.get(job.model)
         replicas = pool.order(1) if pool is not None else []
         if not replicas:
             self._count(job, "error")
-            return None
+            return ShadowResult(None, 503, "no_backend_available")
         backend = replicas[0]
         request = build_request(backend, job.endpoint, job.body, {**job.headers, "x-gateway-shadow": "1"}, stream=False)
         address = urlsplit(backend.url)
@@ -179,11 +182,11 @@ class ShadowDispatcher:
             },
         )
         Tracing.inject(span, request.headers)
-        answer = None
+        result = None
         try:
-            answer = await self._post(job, request)
+            result = await self._post(job, request)
         finally:
-            if answer is None:  # failed, timed out or cancelled: the span says so
+            if result is None or result.answer is None:  # failed, timed out or cancelled: the span says so
                 end_attempt(
                     span,
                     response_model=None,
@@ -192,21 +195,18 @@ class ShadowDispatcher:
                     finish_reasons=(),
                     error_type="shadow_failed",
                 )
-        if answer is None:
-            return None
-        finished, usage, model = answer
-        end_attempt(
-            span,
-            response_model=model,
-            prompt_tokens=usage.get("prompt_tokens"),
-            completion_tokens=usage.get("completion_tokens"),
-            finish_reasons=[finished.finish_reason] if finished.finish_reason else (),
-        )
-        return finished
+        finished = result.answer
+        if finished is not None:
+            end_attempt(
+                span,
+                response_model=result.served_model,
+                prompt_tokens=result.usage.get("prompt_tokens"),
+                completion_tokens=result.usage.get("completion_tokens"),
+                finish_reasons=[finished.finish_reason] if finished.finish_reason else (),
+            )
+        return result
 
-    async def _post(
-        self, job: ShadowJob, request: UpstreamRequest
-    ) -> tuple[FinishedAnswer, dict[str, Any], str | None] | None:
+    async def _post(self, job: ShadowJob, request: UpstreamRequest) -> ShadowResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
@@ -216,26 +216,27 @@ class ShadowDispatcher:
             raw = await response.read(MAX_SHADOW_ANSWER_BYTES)
         except (TimeoutError, UpstreamTimeout):
             self._count(job, "timeout")
-            return None
+            return ShadowResult(None, UpstreamTimeout.status, UpstreamTimeout.code, latency_s=loop.time() - started)
         except UpstreamError as exc:
             log.debug("shadow request to %s failed: %s", job.model, exc)
             self._count(job, "error")
-            return None
+            return ShadowResult(None, exc.status, exc.code or exc.type, latency_s=loop.time() - started)
+        elapsed = loop.time() - started
         if status != 200:
             self._count(job, "error")
-            return None
+            return ShadowResult(None, status, "upstream_error", latency_s=elapsed)
         try:
             parsed = loads(raw)
         except ValueError:
             self._count(job, "error")
-            return None
+            return ShadowResult(None, 502, UpstreamBadAnswer.code, latency_s=elapsed)
         self._count(job, "ok")
-        elapsed = loop.time() - started
         parsed = parsed if isinstance(parsed, dict) else {}
         usage: dict[str, Any] = parsed["usage"] if isinstance(parsed.get("usage"), dict) else {}
         model: str | None = parsed["model"] if isinstance(parsed.get("model"), str) else None
         read = answer_from_response if job.endpoint == "responses" else answer_from_json
-        return read(job.body, parsed, ttft_s=elapsed, total_s=elapsed), usage, model
+        answer = read(job.body, parsed, ttft_s=elapsed, total_s=elapsed)
+        return ShadowResult(answer, status, None, usage, elapsed, model)
 
     def _count(self, job: ShadowJob, outcome: str) -> None:
         self.outcomes[(job.model, job.cohort, outcome)] += 1
@@ -249,12 +250,3 @@ class ShadowDispatcher:
         for (model, cohort, outcome), n in sorted(self.outcomes.items()):
             outcomes.setdefault(f"{model}/{cohort}", {})[outcome] = n
         return {"inflight": self.inflight, "requests": outcomes, "agreement": agreement}
-
-
-def _summary(answer: FinishedAnswer) -> dict[str, Any]:
-    return {
-        "content": answer.content,
-        "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in answer.tool_calls],
-        "finish_reason": answer.finish_reason,
-        "total_s": round(answer.total_s, 4),
-    }

@@ -1,5 +1,8 @@
 """The request path, top to bottom: classify → plan → dispatch (with fallback) → relay → evaluate → record.
 
+Recording is the metrics, the rollout's evidence and, for a sampled share, a capture record (docs/capture.md),
+handed to a writer thread: a request that failed after authentication is recorded too.
+
 ``handle`` is the one entry point the API calls. It returns a :class:`ProxyResult` (a JSON body or a stream of SSE
 frames) and raises :class:`gateway.errors.GatewayError` for anything the client must hear about as an error. A
 request cancelled before its answer (the client went away) leaves no trace but its server span: every attempt it
@@ -64,6 +67,7 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
         gateway.metrics.inflight.dec()
         gateway.rollouts.observe(ctx)
         record(gateway.metrics, ctx)
+        gateway.capture.primary(ctx, None, exc)
         close_server_span(ctx, exc.status)
         raise
     except BaseException:
@@ -76,10 +80,11 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
     def done() -> None:
         gateway.metrics.inflight.dec()
         charge(gateway, ctx)
-        finish(gateway, ctx, primary)
+        finished = finish(gateway, ctx, primary)
         remember_response(gateway, ctx)
         gateway.rollouts.observe(ctx)
         record(gateway.metrics, ctx)
+        gateway.capture.primary(ctx, finished)
         close_server_span(ctx, ctx.status)
 
     if answer.events is None:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.capture import TrafficCapture
 from gateway.evals.gates import Transition
 from gateway.evals.recorder import EvalRecorder
 from gateway.fleet import FleetState
@@ -73,8 +74,9 @@ class Gateway:
         self.recorder = EvalRecorder(policy.spec.evals, self.metrics, clock, self._gate_transition)
         self.fleet.attach(self.recorder, lambda: (self.snapshot.policy.spec, self.snapshot.version), self.metrics)
         self.rollouts = RolloutDriver(self.fleet, self.metrics, self.tracing, self.recorder.gates.tripped)
+        self.capture = TrafficCapture(self.fleet.instance, self.metrics)
         self.shadows = ShadowDispatcher(
-            self.client, lambda: self.registry, lambda: self.recorder, self.metrics, self.tracing
+            self.client, lambda: self.registry, lambda: self.recorder, self.metrics, self.tracing, self.capture
         )
         self.shadows.on_answer = self.rollouts.observe_shadow
 
@@ -83,6 +85,7 @@ class Gateway:
         await self._start_sims(self.snapshot.policy.spec)
         self.registry = BackendRegistry.from_policy(self.snapshot.policy.spec, self._resolve, self._clock)
         self.metrics.set_policy(self.snapshot.version)
+        self.capture.configure(self.snapshot.policy.spec)
         self.metrics.policy_reloads.labels("loaded").inc()
         log.info("policy %s loaded from %s", self.snapshot.version, self.snapshot.policy.path)
         if self.run_health_checks:
@@ -101,6 +104,7 @@ class Gateway:
         self.snapshot, self.registry = snapshot, registry  # no await in between: requests see both or neither
         self.recorder.reconfigure(spec.evals, set(spec.models), {c.name for c in spec.cohorts})
         self.rollouts.reconfigure(spec)
+        self.capture.configure(spec)
         self.metrics.set_policy(snapshot.version)
 
     async def close(self) -> None:
@@ -109,6 +113,7 @@ class Gateway:
         await self.rollouts.close()
         await self.fleet.close()
         await self.shadows.close()
+        await self.capture.close()
         self.tracing.shutdown()
         await self.client.close()
         for sim in self.sims.values():

@@ -164,7 +164,7 @@ def test_failing_candidate_is_invisible_to_clients(stack: Stack) -> None:
     }
 
 
-def test_capture_writes_pairs_with_a_size_cap_and_rotation(tmp_path: Any) -> None:
+def test_capture_writes_shadow_records_with_a_size_cap_and_rotation(tmp_path: Any) -> None:
     capture = tmp_path / "pairs.jsonl"
     policy = POLICY.replace("${sample}", "1.0").replace(
         "mirror: {to: [primary, candidate], sample: 1.0}",
@@ -176,11 +176,16 @@ def test_capture_writes_pairs_with_a_size_cap_and_rotation(tmp_path: Any) -> Non
         for i in range(12):
             chat(stack, mirror="self", request_id=f"cap-{i}", max_tokens=60)
         assert stack.wait_for(lambda: shadows(stack) == 12)
-        time.sleep(0.2)
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["pairs.jsonl", "pairs.jsonl.1", "pairs.jsonl.2"]
     assert all((tmp_path / name).stat().st_size <= 4000 for name in files)
     records = [json.loads(line) for line in capture.read_text().splitlines()]
     assert records and records[-1]["request_id"] == "cap-11"
-    assert set(records[-1]) >= {"request", "primary", "shadow", "agreement", "cohort", "candidate"}
-    assert records[-1]["candidate"] == "candidate" and records[-1]["cohort"] == "self_mirror"
+    last = records[-1]
+    assert (last["v"], last["kind"], last["content"]) == (1, "shadow", "full")
+    assert last["request"]["messages"] == [{"role": "user", "content": "hi"}]
+    assert last["outcome"]["model"] == "candidate" and last["outcome"]["cohort"] == "self_mirror"
+    assert last["outcome"]["status"] == 200 and last["outcome"]["usage"]["completion_tokens"] == 60
+    assert last["shadow"]["reason"] == "mirror" and last["shadow"]["primary_model"] == "primary"
+    assert last["shadow"]["agreement"]["finish_reason"] is True
+    assert last["answer"]["content"] and last["answer"]["finish_reason"] == "stop"

@@ -38,6 +38,7 @@ def check_policy(policy: PolicySpec) -> list[Problem]:
         *_check_routes(policy),
         *_check_gates(policy),
         *_check_keys(policy),
+        *_check_capture(policy),
     ]
 
 
@@ -52,6 +53,33 @@ def _check_keys(policy: PolicySpec) -> Iterator[Problem]:
             if cohort not in cohorts:
                 yield ("keys", name, "cohorts", i), _unknown("cohort", cohort, cohorts)
     yield from _check_forward_headers(policy.limits.forward_headers)
+
+
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"})
+"""Never written to a capture file, whatever the policy names."""
+
+
+def _check_capture(policy: PolicySpec) -> Iterator[Problem]:
+    """``capture.cohorts`` names cohorts, ``capture.headers`` names headers that may be kept, and no route's
+    ``mirror.capture`` appends to the same file (two writers would rotate it under each other)."""
+    capture = policy.capture
+    if capture is None:
+        return
+    cohorts = [c.name for c in policy.cohorts]
+    for name in capture.cohorts:
+        if name not in cohorts:
+            yield ("capture", "cohorts", name), _unknown("cohort", name, cohorts)
+    for i, header in enumerate(capture.headers):
+        if not _TOKEN.fullmatch(header):
+            yield ("capture", "headers", i), f"'{header}' is not a valid header name"
+        elif header.lower() in CREDENTIAL_HEADERS:
+            yield ("capture", "headers", i), f"'{header}' carries a credential and is never captured"
+    for key, route in policy.routes.items():
+        if route.mirror is not None and route.mirror.capture is not None and route.mirror.capture.path == capture.path:
+            yield (
+                ("routes", key, "mirror", "capture", "path"),
+                "the same file as capture.path; shadow records need a file of their own",
+            )
 
 
 _SET_BY_GATEWAY = frozenset({"authorization", "host", "content-type"})

@@ -311,6 +311,8 @@ PromotionEvaluator = Literal[
     "tool_selection",
     "refusal_correct",
     "groundedness_overlap",
+    "not_truncated",
+    "no_refusal",
     "groundedness",
     "helpfulness",
 ]

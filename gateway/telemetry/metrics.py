@@ -109,6 +109,12 @@ class GatewayMetrics:
             ["model", "cohort", "check", "result"],
             registry=r,
         )
+        self.capture_records = Counter(
+            p + "capture_records_total",
+            "Capture records (kind primary or shadow) by outcome: written, dropped (queue full) or error.",
+            ["kind", "outcome"],
+            registry=r,
+        )
         self.eval_outcomes = Counter(
             p + "eval_outcomes",
             "Evaluator verdicts by source (online, shadow, pushed, feedback).",
