@@ -96,6 +96,24 @@ class RequestFeatures:
         return "\n".join(_text_of(m.get("content")) for m in self._messages if m.get("role") == "user")
 
     @cached_property
+    def last_user_text(self) -> str:
+        """Text of the last user message (or the prompt): the question being asked now, what a ``semantic`` rule
+        embeds by default."""
+        if "messages" not in self.body and "input" not in self.body:
+            return self._prompt_text
+        for message in reversed(self._messages):
+            if message.get("role") == "user":
+                return _text_of(message.get("content"))
+        return ""
+
+    @cached_property
+    def all_text(self) -> str:
+        """Text of every message, system and assistant included (or the prompt)."""
+        if "messages" not in self.body and "input" not in self.body:
+            return self._prompt_text
+        return "\n".join(text for m in self._messages if (text := _text_of(m.get("content"))))
+
+    @cached_property
     def prompt_chars(self) -> int:
         """Characters of every message's text (or of the prompt): a cheap proxy for prompt length."""
         if "messages" not in self.body and "input" not in self.body:
