@@ -39,10 +39,13 @@ def test_the_documented_demo(tmp_path: Path) -> None:
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1, result.stderr
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["earned"] == ["billing_refund", "policy_exception"]
-    assert report["held"] == ["tool_required", "out_of_domain"]
-    assert "policy_exception: earned" in result.stdout
+    # paired: merged-v1 fails the very out_of_domain cases the baseline fails, so the tie is a tie; Holm: the 100 %
+    # ties of billing_refund and policy_exception (22 cases, 5 repeats) are not enough among 7 comparisons
+    assert report["earned"] == ["out_of_domain"]
+    assert report["held"] == ["tool_required", "billing_refund", "policy_exception"]
+    assert "out_of_domain: earned" in result.stdout
+    assert "Holm stopped at billing_refund/refusal_correct" in result.stdout
     proposed = load_policy(tmp_path / "policy.proposed.yaml").spec
-    assert proposed.routes["policy_exception"].target == "merged-v1"
-    assert proposed.routes["policy_exception"].fallback == ["policy-specialist", "base"]
-    assert proposed.routes["out_of_domain"].mirror is not None
+    assert proposed.routes["out_of_domain"].target == "merged-v1"
+    assert proposed.routes["out_of_domain"].fallback == ["base"]
+    assert proposed.routes["policy_exception"].mirror is not None

@@ -40,7 +40,9 @@ routes:
   structured:    {target: source-b, fallback: [source-a, base]}
   chat:          {target: base}
 evals:
-  promotion: {tolerance: 0.15}   # 30 cases: a 100 % vs 100 % tie has a Newcombe lower bound of -11.4 %
+  # 30 cases: a 100 % vs 100 % tie has a lower bound of -11.4 % at 95 %, and of -18.8 % at the strictest Holm
+  # level of the run's 6 required comparisons (paired intervals do not help a tie at 100 %: nothing to correlate)
+  promotion: {tolerance: 0.2}
 """
 SIMS = {"base": ["base-7b"], "src": ["source-a", "source-b"], "merged": ["merged-v1"], "judge": ["judge-model"]}
 PROFILE = SimProfile(

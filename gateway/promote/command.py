@@ -22,18 +22,19 @@ from pydantic import ValidationError
 
 from gateway.policy import LoadedPolicy, PolicyError, load_policy
 from gateway.policy.checks import did_you_mean
-from gateway.policy.schema import PromotionSpec
+from gateway.policy.schema import PolicySpec, PromotionSpec
 from gateway.promote.backends import BackendKeyMissing, SimBackends, endpoint_for
 from gateway.promote.caller import ChatCaller
+from gateway.promote.captured import is_capture, load_capture, sample
 from gateway.promote.dataset import Case, DatasetError, load_dataset
-from gateway.promote.decide import CohortDecision, decide_cohort
+from gateway.promote.decide import CohortDecision, decide_cohorts, incumbent
 from gateway.promote.options import UsageError, effective_settings, rollout_block
 from gateway.promote.progress import ProgressBar
 from gateway.promote.propose import propose
 from gateway.promote.push import PushFailed, push, push_results
 from gateway.promote.report import RunInfo, case_lines, report_json, report_markdown
 from gateway.promote.runner import JudgeSetup, Trial, run_trials
-from gateway.promote.scoring import ScoringSettings
+from gateway.promote.scoring import REPORTED_ONLY, ScoringSettings
 from gateway.sim import SimProfile
 from gateway.upstream.client import UpstreamClient
 
@@ -112,9 +113,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
     for cohort in args.cohorts or ():
         if cohort not in names:
             raise UsageError(f"--cohorts: unknown cohort '{cohort}'{did_you_mean(cohort, names)}")
-    settings = effective_settings(spec.evals.promotion, args)
+    settings = _settings(spec.evals.promotion, args)
     rollout = rollout_block(args)
-    cases = load_dataset(args.dataset, names)
+    cases = _load_cases(args, spec)
     present = {case.cohort for case in cases}
     asked = args.cohorts or [n for n in names if n in present]
     return Plan(
@@ -135,6 +136,36 @@ def make_plan(args: argparse.Namespace) -> Plan:
         push_token=token,
         rollout=rollout,
     )
+
+
+def _settings(configured: PromotionSpec | None, args: argparse.Namespace) -> PromotionSpec:
+    """The effective promotion settings; a reported-only evaluator (``agreement``) cannot be required."""
+    if reported := [name for name in args.require or [] if name in REPORTED_ONLY]:
+        raise UsageError(f"--require: {', '.join(reported)} is reported only and cannot be required")
+    return effective_settings(configured, args)
+
+
+def _load_cases(args: argparse.Namespace, spec: PolicySpec) -> list[Case]:
+    """A traffic capture (its skipped lines counted on stderr) or a written dataset; ``--max-cases`` samples."""
+    max_cases: int | None = args.max_cases
+    if max_cases is not None and max_cases < 1:
+        raise UsageError("--max-cases must be at least 1")
+    if is_capture(args.dataset):
+        load = load_capture(args.dataset, spec, max_cases=max_cases)
+        print(f"eval: capture {load.summary(str(args.dataset))}", file=sys.stderr)
+        return load.cases
+    cases = load_dataset(args.dataset, [cohort.name for cohort in spec.cohorts])
+    return cases if max_cases is None else sample(cases, max_cases)
+
+
+def _references(plan: Plan) -> dict[str, str]:
+    """Cohort → the model whose answers ``agreement`` compares the others with: the cohort's incumbent when it is
+    evaluated, else the first baseline."""
+    references = {}
+    for cohort in plan.cohorts:
+        current = incumbent(plan.policy.spec, cohort, plan.candidate)
+        references[cohort] = current if current in plan.baselines else plan.baselines[0]
+    return references
 
 
 def _known_model(models: dict[str, Any], name: str, flag: str) -> None:
@@ -178,6 +209,7 @@ async def collect(plan: Plan) -> list[Trial]:
             repeats=plan.repeats,
             progress=progress,
             judge_with=judge,
+            references=_references(plan) if any(case.captured for case in plan.cases) else None,
         )
     finally:
         await client.close()
@@ -185,18 +217,14 @@ async def collect(plan: Plan) -> list[Trial]:
 
 
 def decide(plan: Plan, trials: list[Trial]) -> list[CohortDecision]:
-    return [
-        decide_cohort(
-            cohort,
-            [t for t in trials if t.case.cohort == cohort],
-            candidate=plan.candidate,
-            baselines=plan.baselines,
-            settings=plan.settings,
-            spec=plan.policy.spec,
-            asked=cohort in plan.asked,
-        )
-        for cohort in plan.cohorts
-    ]
+    """Every cohort at once: Holm's correction ranks the required comparisons of all of them together."""
+    return decide_cohorts(
+        [(cohort, [t for t in trials if t.case.cohort == cohort], cohort in plan.asked) for cohort in plan.cohorts],
+        candidate=plan.candidate,
+        baselines=plan.baselines,
+        settings=plan.settings,
+        spec=plan.policy.spec,
+    )
 
 
 def write_outputs(

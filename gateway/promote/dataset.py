@@ -99,8 +99,21 @@ class _Line(_Strict):
 
 
 @dataclass(frozen=True)
+class LiveAnswer:
+    """What a captured request got from the gateway live (the capture's ``answer``): the captured-case evaluators
+    read it to decide whether they apply. ``refused`` and ``finish_reason`` are None when no answer was captured."""
+
+    refused: bool | None
+    finish_reason: str | None
+    model: str | None
+
+
+@dataclass(frozen=True)
 class Case:
-    """One case, ready to send: ``body`` is the chat-completions request without ``model`` (the same for all)."""
+    """One case, ready to send: ``body`` is the chat-completions request without ``model`` (the same for all).
+
+    ``captured`` is set for a case read from a traffic capture (gateway.promote.captured), None for a written one.
+    """
 
     id: str
     line: int
@@ -108,6 +121,7 @@ class Case:
     body: Mapping[str, Any]
     context: tuple[str, ...]
     expect: Expect
+    captured: LiveAnswer | None = None
 
 
 def load_dataset(path: str | Path, cohorts: Iterable[str]) -> list[Case]:

@@ -4,58 +4,33 @@ A cohort is *earned* when all of these hold, and *held* (with every reason liste
 
 * it has at least ``min_cases`` cases, and no baseline lost requests to transport errors (a baseline that could not
   be reached is no evidence, and its zeros would flatter the candidate; a 4xx is an answer and counts as a failure);
-* on every required evaluator, the lower bound of the candidate-minus-best-baseline interval is at least
-  ``-tolerance`` (see :mod:`gateway.promote.stats`);
-* the candidate's p95 time to first token and total time stay under the absolute bounds, and its p95 total time and
-  mean output tokens under ``max_*_ratio`` times the reference model's: the cohort's incumbent (the model its route
-  sends it to now) when it was evaluated, else the best baseline by that measure.
+* on every required evaluator, the candidate is shown not worse than the best baseline by more than ``tolerance``
+  (:mod:`gateway.promote.noninferiority`): case by case where both answered the same cases (``statistics:
+  paired``), and with every required comparison of the run tested together (``multiplicity: holm``);
+* the candidate's latency and tokens keep their bounds (:mod:`gateway.promote.summary`).
+
+Decisions are made in two steps because Holm's correction ranks the comparisons of *all* cohorts: each cohort is
+measured first, then the run's family of comparisons is tested, then each cohort gets its verdict.
 
 Required evaluators: those the settings name (an evaluator that applies to no case of the cohort is skipped; one
 that applies to fewer than ``min_cases`` holds the cohort), else every deterministic evaluator that applies to at
-least ``min_cases`` cases of the cohort.
+least ``min_cases`` cases of the cohort. Reported-only evaluators (``agreement``) are never required or compared.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.policy.schema import PolicySpec, PromotionSpec
+from gateway.promote.compare import Comparison as Comparison
+from gateway.promote.compare import compare, in_family, shortfall
 from gateway.promote.judge import JUDGE_EVALUATORS
+from gateway.promote.noninferiority import CASES_CAP, Evidence, family_verdicts
 from gateway.promote.runner import Trial
-from gateway.promote.scoring import CASE_EVALUATORS
-from gateway.promote.stats import PassRate, difference_interval, mean, percentile, wilson
-
-
-@dataclass(frozen=True)
-class ModelSummary:
-    """One model on one cohort. Seconds for latencies; tokens per answer."""
-
-    model: str
-    trials: int
-    errors: int
-    transport_errors: int
-    rates: dict[str, PassRate]
-    ttft_p50: float | None
-    ttft_p95: float | None
-    total_p50: float | None
-    total_p95: float | None
-    prompt_tokens_mean: float | None
-    completion_tokens_mean: float | None
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The candidate against the best baseline on one evaluator; ``ok``: within tolerance (None: nothing to compare)."""
-
-    evaluator: str
-    required: bool
-    cases: int
-    best_baseline: str | None
-    delta: float | None
-    delta_low: float | None
-    delta_high: float | None
-    ok: bool | None
+from gateway.promote.scoring import CASE_EVALUATORS, REPORTED_ONLY
+from gateway.promote.summary import ModelSummary as ModelSummary
+from gateway.promote.summary import bounds, summarize
 
 
 @dataclass(frozen=True)
@@ -68,6 +43,10 @@ class CohortDecision:
     comparisons: list[Comparison]
     reasons: list[str] = field(default_factory=list)
     """Why the cohort is held; empty when it is earned."""
+    cases_needed: int | None = None
+    """Held on its comparisons: the cases that would decide them all at the observed rates (see ``needed``)."""
+    needed: str = ""
+    """``cases_needed`` in words, or why there is no such number; empty when no comparison holds the cohort."""
 
     @property
     def earned(self) -> bool:
@@ -83,30 +62,8 @@ def incumbent(spec: PolicySpec, cohort: str, candidate: str) -> str | None:
     return next((model for model, _ in arms if model != candidate), None)
 
 
-def summarize(model: str, trials: Sequence[Trial], confidence: float) -> ModelSummary:
-    outcomes: dict[str, list[bool]] = {}
-    for trial in trials:
-        for name, scored in trial.outcomes.items():
-            if scored.verdict != "n/a":
-                outcomes.setdefault(name, []).append(scored.verdict == "pass")
-    answered = [t.reply.answer for t in trials if t.reply.answer is not None]
-    ttft = [a.ttft_s for a in answered if a.ttft_s is not None]
-    total = [a.total_s for a in answered]
-    prompt = [float(t.reply.prompt_tokens) for t in trials if t.reply.prompt_tokens is not None]
-    completion = [float(a.completion_tokens) for a in answered if a.completion_tokens is not None]
-    return ModelSummary(
-        model=model,
-        trials=len(trials),
-        errors=sum(1 for t in trials if t.reply.error is not None),
-        transport_errors=sum(1 for t in trials if t.reply.transport_error),
-        rates={name: wilson(sum(v), len(v), confidence) for name, v in sorted(outcomes.items())},
-        ttft_p50=percentile(ttft, 50),
-        ttft_p95=percentile(ttft, 95),
-        total_p50=percentile(total, 50),
-        total_p95=percentile(total, 95),
-        prompt_tokens_mean=mean(prompt),
-        completion_tokens_mean=mean(completion),
-    )
+Group = tuple[str, Sequence[Trial], bool]
+"""A cohort, its trials, and whether the candidate asks for it."""
 
 
 def decide_cohort(
@@ -119,6 +76,52 @@ def decide_cohort(
     spec: PolicySpec,
     asked: bool,
 ) -> CohortDecision:
+    """One cohort on its own (its comparisons are the whole family)."""
+    [decision] = decide_cohorts(
+        [(cohort, trials, asked)], candidate=candidate, baselines=baselines, settings=settings, spec=spec
+    )
+    return decision
+
+
+def decide_cohorts(
+    groups: Sequence[Group], *, candidate: str, baselines: Sequence[str], settings: PromotionSpec, spec: PolicySpec
+) -> list[CohortDecision]:
+    """Every cohort of a run: measured, then the required comparisons of all of them tested as one family."""
+    drafts = [_measure(*group, candidate, baselines, settings, spec) for group in groups]
+    family = [(d, i) for d in drafts for i, c in enumerate(d.comparisons) if c.required and d.evidence[i] is not None]
+    evidence = [e for d, i in family if (e := d.evidence[i]) is not None]
+    alpha = (1 - settings.confidence) / 2
+    verdicts = family_verdicts(evidence, settings.tolerance, alpha, settings.multiplicity)
+    labels = [f"{d.cohort}/{d.comparisons[i].evaluator}" for d, i in family]
+    for (draft, i), verdict, proof in zip(family, verdicts, evidence, strict=True):
+        draft.comparisons[i] = in_family(draft.comparisons[i], verdict, proof, labels, settings.tolerance)
+    return [_decision(d, settings) for d in drafts]
+
+
+@dataclass
+class _Draft:
+    """A cohort measured, before the run's comparisons are tested."""
+
+    cohort: str
+    asked: bool
+    cases: int
+    reference: str | None
+    models: dict[str, ModelSummary]
+    comparisons: list[Comparison]
+    evidence: list[Evidence | None]
+    first: list[str]
+    last: list[str]
+
+
+def _measure(
+    cohort: str,
+    trials: Sequence[Trial],
+    asked: bool,
+    candidate: str,
+    baselines: Sequence[str],
+    settings: PromotionSpec,
+    spec: PolicySpec,
+) -> _Draft:
     models = {
         m: summarize(m, [t for t in trials if t.model == m], settings.confidence) for m in (candidate, *baselines)
     }
@@ -132,16 +135,16 @@ def decide_cohort(
             failed = models[name].transport_errors
             reasons.append(f"baseline {name}: {failed} requests failed in transport after retries, so no evidence")
     required = _required(settings, applicable, reasons if cases >= settings.min_cases else [])
-    comparisons = [
-        _compare(name, models, candidate, baselines, name in required, applicable[name], settings.tolerance)
-        for name in sorted(applicable, key=_evaluator_order)
-    ]
-    for comparison in comparisons:
-        if comparison.required and not comparison.ok:
-            reasons.append(_shortfall(comparison, models[candidate], models, settings))
+    comparisons, evidence = [], []
+    for name in sorted(applicable, key=_evaluator_order):
+        comparison, proof = compare(
+            name, trials, models, candidate, baselines, name in required, applicable[name], settings
+        )
+        comparisons.append(comparison)
+        evidence.append(proof)
     reference = incumbent(spec, cohort, candidate)
-    reasons.extend(_bounds(models, candidate, baselines, reference, settings))
-    return CohortDecision(cohort, asked, cases, reference, models, comparisons, reasons)
+    late = bounds(models, candidate, baselines, reference, settings)
+    return _Draft(cohort, asked, cases, reference, models, comparisons, evidence, reasons, late)
 
 
 _ORDER = [*CASE_EVALUATORS, *JUDGE_EVALUATORS]
@@ -161,14 +164,15 @@ def _applicable_cases(trials: Iterable[Trial]) -> dict[str, int]:
 
 
 def _required(settings: PromotionSpec, applicable: dict[str, int], reasons: list[str]) -> set[str]:
+    comparable = {name: count for name, count in applicable.items() if name not in REPORTED_ONLY}
     if settings.evaluators is None:
-        required = {n for n, count in applicable.items() if count >= settings.min_cases and n not in JUDGE_EVALUATORS}
+        required = {n for n, count in comparable.items() if count >= settings.min_cases and n not in JUDGE_EVALUATORS}
         if not required:
             reasons.append(f"no evaluator applies to at least {settings.min_cases} cases: nothing to compare")
         return required
     required = set()
     for name in settings.evaluators:
-        count = applicable.get(name, 0)
+        count = comparable.get(name, 0)
         if 0 < count < settings.min_cases:
             reasons.append(f"{name} applies to only {count} cases (min_cases {settings.min_cases})")
         elif count:
@@ -178,75 +182,30 @@ def _required(settings: PromotionSpec, applicable: dict[str, int], reasons: list
     return required
 
 
-def _compare(
-    name: str,
-    models: dict[str, ModelSummary],
-    candidate: str,
-    baselines: Sequence[str],
-    required: bool,
-    cases: int,
-    tolerance: float,
-) -> Comparison:
-    mine = models[candidate].rates.get(name)
-    rated = [(b, models[b].rates[name]) for b in baselines if name in models[b].rates and models[b].rates[name].n]
-    if mine is None or not mine.n or not rated:
-        return Comparison(name, required, cases, None, None, None, None, None)
-    best, theirs = max(rated, key=lambda item: item[1].rate)  # max keeps the first of equals: baseline order
-    low, high = difference_interval(mine, theirs)
-    return Comparison(name, required, cases, best, mine.rate - theirs.rate, low, high, low >= -tolerance)
-
-
-def _shortfall(comparison: Comparison, mine: ModelSummary, models: dict[str, ModelSummary], s: PromotionSpec) -> str:
-    name = comparison.evaluator
-    if comparison.best_baseline is None or comparison.delta_low is None or comparison.delta is None:
-        return f"{name}: no outcomes to compare"
-    theirs = models[comparison.best_baseline].rates[name]
-    return (
-        f"{name}: {mine.rates[name].rate:.1%} vs {comparison.best_baseline} {theirs.rate:.1%}, difference "
-        f"{comparison.delta:+.1%} ({s.confidence:.0%} CI {comparison.delta_low:+.1%}..{comparison.delta_high:+.1%}); "
-        f"the lower bound is below -{s.tolerance:.1%}"
+def _decision(draft: _Draft, s: PromotionSpec) -> CohortDecision:
+    mine = next(iter(draft.models.values()))  # the candidate comes first
+    shortfalls = [shortfall(c, mine, draft.models, s) for c in draft.comparisons if c.required and not c.ok]
+    needed, words = _needed(draft.comparisons, s.tolerance)
+    reasons = [*draft.first, *shortfalls, *draft.last]
+    return CohortDecision(
+        draft.cohort, draft.asked, draft.cases, draft.reference, draft.models, draft.comparisons, reasons, needed, words
     )
 
 
-Measure = Callable[[ModelSummary], float | None]
-
-
-def _bounds(
-    models: dict[str, ModelSummary],
-    candidate: str,
-    baselines: Sequence[str],
-    reference: str | None,
-    s: PromotionSpec,
-) -> list[str]:
-    mine = models[candidate]
-    problems = []
-    for label, value, bound in (
-        ("p95 TTFT", mine.ttft_p95, s.max_p95_ttft_s),
-        ("p95 total", mine.total_p95, s.max_p95_total_s),
-    ):
-        if bound is not None and value is not None and value > bound:
-            problems.append(f"{label} {value:.3f}s over the {bound:g}s bound")
-    measures: tuple[tuple[str, Measure, float | None], ...] = (
-        ("p95 total", lambda m: m.total_p95, s.max_latency_ratio),
-        ("mean output tokens", lambda m: m.completion_tokens_mean, s.max_tokens_ratio),
-    )
-    for label, measure, ratio in measures:
-        value = measure(mine)
-        if ratio is None or value is None:
-            continue
-        reference_model, limit_of = _reference(models, baselines, reference, measure)
-        if limit_of is not None and limit_of > 0 and value > ratio * limit_of:
-            problems.append(f"{label} {value:.3g} is over {ratio:g}x {reference_model}'s {limit_of:.3g}")
-    return problems
-
-
-def _reference(
-    models: dict[str, ModelSummary], baselines: Sequence[str], reference: str | None, measure: Measure
-) -> tuple[str | None, float | None]:
-    """The incumbent's value when it was measured, else the best (lowest) baseline's."""
-    if reference is not None and reference in models and measure(models[reference]) is not None:
-        return reference, measure(models[reference])
-    measured = [(b, value) for b in baselines if (value := measure(models[b])) is not None]
-    if not measured:
-        return None, None
-    return min(measured, key=lambda item: item[1])
+def _needed(comparisons: Sequence[Comparison], tolerance: float) -> tuple[int | None, str]:
+    """The cases that would decide every comparison holding the cohort, at the observed rates and levels."""
+    held = [c for c in comparisons if c.required and c.ok is False and c.p_value is not None]
+    own = [c for c in held if c.blocked_by is None]
+    if not own:
+        if held:
+            return None, f"its comparisons meet their own thresholds; Holm stopped at {held[0].blocked_by}"
+        return None, ""
+    for c in own:
+        if c.delta is not None and c.delta <= -tolerance:
+            where = "below" if c.delta < -tolerance else "at"
+            return None, f"not at these rates: {c.evaluator} is {c.delta:+.1%}, {where} -{tolerance:.1%}"
+    if any(c.cases_needed is None for c in own):
+        return None, f"more than {CASES_CAP:,} cases at these rates"
+    hardest = max(own, key=lambda c: c.cases_needed or 0)
+    count = hardest.cases_needed or 0
+    return count, f"{count} cases for {hardest.evaluator} at these rates (now {hardest.cases})"

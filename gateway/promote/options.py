@@ -23,6 +23,8 @@ FLAG_SETTINGS = {
     "max_latency_ratio": "max_latency_ratio",
     "max_tokens_ratio": "max_tokens_ratio",
     "groundedness_min": "groundedness_min",
+    "statistics": "statistics",
+    "multiplicity": "multiplicity",
 }
 """Flag destination → the ``PromotionSpec`` key it overrides."""
 
@@ -58,6 +60,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
         "--baselines", type=names, help="models to beat (default: the candidate's sources and every base model)"
     )
     parser.add_argument("--cohorts", type=names, help="cohorts the candidate asks for (default: all in the dataset)")
+    parser.add_argument(
+        "--max-cases", type=int, metavar="N", help="a deterministic sample of N cases (by a hash of their ids)"
+    )
     parser.add_argument("--out", help="output folder (default: reports/CANDIDATE/)")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once (default 8)")
     parser.add_argument("--repeats", type=int, default=1, help="times each case is sent to each model (default 1)")
@@ -87,6 +92,16 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     thresholds.add_argument("--max-latency-ratio", type=float, help="p95 total vs the incumbent's")
     thresholds.add_argument("--max-tokens-ratio", type=float, help="mean output tokens vs the incumbent's")
     thresholds.add_argument("--groundedness-min", type=float, help="groundedness_overlap pass share (default 0.5)")
+    thresholds.add_argument(
+        "--statistics",
+        choices=["paired", "independent"],
+        help="paired (default): compare case by case where both models answered; independent: as two samples",
+    )
+    thresholds.add_argument(
+        "--multiplicity",
+        choices=["holm", "none"],
+        help="holm (default): control the error over every required comparison of the run; none: per comparison",
+    )
 
 
 def effective_settings(configured: PromotionSpec | None, args: argparse.Namespace) -> PromotionSpec:

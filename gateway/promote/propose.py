@@ -36,6 +36,8 @@ ONLINE_COUNTERPART = {
     "json_schema": "json_schema",
     "tool_call_valid": "tool_call_valid",
     "tool_selection": "tool_call_valid",
+    "not_truncated": "not_truncated",
+    "no_refusal": "no_refusal",
 }
 """Offline evaluator → the online evaluator that watches the same property in production."""
 _ROUTE_SETTINGS = ("balance", "prefix_chars", "session_header", "max_tokens")

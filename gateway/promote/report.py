@@ -12,9 +12,11 @@ from typing import Any
 
 import orjson
 
-from gateway.promote.decide import CohortDecision, Comparison, ModelSummary
+from gateway.promote.decide import CohortDecision, Comparison
+from gateway.promote.noninferiority import CASES_CAP
 from gateway.promote.runner import Trial
 from gateway.promote.stats import PassRate
+from gateway.promote.summary import ModelSummary
 
 REPORT_VERSION = 1
 
@@ -63,16 +65,42 @@ def _model(summary: ModelSummary) -> dict[str, Any]:
 
 
 def _comparison(comparison: Comparison) -> dict[str, Any]:
+    paired = comparison.method == "paired"
     return {
         "evaluator": comparison.evaluator,
         "required": comparison.required,
         "cases": comparison.cases,
         "best_baseline": comparison.best_baseline,
+        "method": comparison.method,
+        "pairs": comparison.pairs if paired else None,
+        "discordant": {"candidate_only": comparison.only_candidate, "baseline_only": comparison.only_baseline}
+        if paired
+        else None,
         "delta": _round(comparison.delta),
         "delta_ci": None
         if comparison.delta_low is None
         else [_round(comparison.delta_low), _round(comparison.delta_high)],
+        "p": _significant(comparison.p_value),
+        "threshold": _significant(comparison.threshold),
+        "rank": comparison.rank,
+        "blocked_by": comparison.blocked_by,
+        "cases_needed": comparison.cases_needed,
         "within_tolerance": comparison.ok,
+    }
+
+
+def _significant(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
+
+
+def _family(settings: dict[str, Any], decisions: Sequence[CohortDecision]) -> dict[str, Any]:
+    """How the run's comparisons were tested: method, multiplicity, one-sided alpha and m."""
+    tested = sum(1 for d in decisions for c in d.comparisons if c.p_value is not None)
+    return {
+        "method": settings.get("statistics", "paired"),
+        "multiplicity": settings.get("multiplicity", "holm"),
+        "alpha": _significant((1 - settings["confidence"]) / 2),
+        "comparisons": tested,
     }
 
 
@@ -88,6 +116,7 @@ def report_json(
         "judge": info.judge,
         "repeats": info.repeats,
         "settings": info.settings,
+        "statistics": _family(info.settings, decisions),
         "cohorts": [
             {
                 "cohort": d.cohort,
@@ -98,6 +127,8 @@ def report_json(
                 "incumbent": d.incumbent,
                 "models": {name: _model(summary) for name, summary in d.models.items()},
                 "comparisons": [_comparison(c) for c in d.comparisons],
+                "cases_needed": d.cases_needed,
+                "cases_needed_note": d.needed or None,
             }
             for d in decisions
         ],
@@ -165,6 +196,7 @@ def report_markdown(report: dict[str, Any], decisions: Sequence[CohortDecision])
         f"Tolerance {settings['tolerance']:.1%}, confidence {settings['confidence']:.0%}, "
         f"min_cases {settings['min_cases']}. Pass rates: rate (passed/n, Wilson interval). "
         "Δ: candidate minus the best baseline (Newcombe interval).",
+        _method_line(report["statistics"]),
         "",
         f"**Earned:** {', '.join(report['earned']) or 'none'}. **Held:** {', '.join(report['held']) or 'none'}.",
         "",
@@ -202,8 +234,13 @@ def _cohort_section(decision: CohortDecision, candidate: str) -> list[str]:
     ]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     lines.append("")
+    required = [c for c in decision.comparisons if c.required and c.delta is not None]
+    if required:
+        lines += ["Required comparisons:", "", *(f"- {_tested(c)}" for c in required), ""]
     if decision.reasons:
         lines += ["Why held:", "", *(f"- {reason}" for reason in decision.reasons)]
+        if decision.needed:
+            lines += ["", f"Cases needed: {decision.needed}."]
     else:
         lines.append(
             "Why earned: every required evaluator is within tolerance of the best baseline, and the bounds hold."
@@ -218,3 +255,57 @@ def _delta(comparison: Comparison) -> str:
     mark = "" if not comparison.required else (" ✓" if comparison.ok else " ✗")
     interval = f"{comparison.delta_low:+.1%}..{comparison.delta_high:+.1%}"
     return f"{comparison.delta:+.1%} ({interval}) vs {comparison.best_baseline}{mark}"
+
+
+def _method_line(statistics: dict[str, Any]) -> str:
+    paired = (
+        "Paired: over the cases (and repeats) both models answered, decided by the discordant pairs: b where only "
+        "the candidate passed, c where only the baseline did."
+        if statistics["method"] == "paired"
+        else "Independent: the two samples as unrelated."
+    )
+    m = statistics["comparisons"]
+    if statistics["multiplicity"] == "holm":
+        family = (
+            f"Holm over the run's {m} required comparisons: sorted by p, the i-th earns while p <= "
+            f"{statistics['alpha']:.3g} / ({m} - i + 1), and the first that fails stops the rest."
+        )
+    else:
+        family = f"No multiplicity correction: each of the {m} required comparisons at p <= {statistics['alpha']:.3g}."
+    return f"{paired} {family} p: one-sided, that the candidate is no worse than the tolerance allows."
+
+
+def _tested(c: Comparison) -> str:
+    how = (
+        f"paired over {c.pairs} pairs, decided by b={c.only_candidate}, c={c.only_baseline} discordant pairs"
+        if c.method == "paired"
+        else "independent samples"
+    )
+    text = f"{c.evaluator} vs {c.best_baseline}: {how}; Δ {_interval(c)}"
+    if c.p_value is None or c.threshold is None:
+        return text
+    verdict = "✓" if c.ok else "✗"
+    rank = "" if c.rank is None else f" ({c.rank} of {c.family})"
+    text += f"; p{_p(c.p_value)}, threshold {c.threshold:.3g}{rank} {verdict}"
+    if c.blocked_by is not None:
+        return f"{text}, held: Holm stopped at {c.blocked_by}"
+    if c.ok is False:
+        text += f", cases needed: {_needed(c)}"
+    return text
+
+
+def _interval(c: Comparison) -> str:
+    if c.delta is None or c.delta_low is None or c.delta_high is None:
+        return "-"
+    return f"{c.delta:+.1%} ({c.delta_low:+.1%}..{c.delta_high:+.1%})"
+
+
+def _p(value: float) -> str:
+    return "<1e-6" if value < 1e-6 else f"={value:.3g}"
+
+
+def _needed(c: Comparison) -> str:
+    if c.cases_needed is not None:
+        return f"{c.cases_needed} (now {c.cases})"
+    at_rates = c.p_value is None or c.p_value >= 0.5  # p >= 0.5: the difference itself is below -tolerance
+    return "not at these rates" if at_rates else f"more than {CASES_CAP:,}"

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.promote.backends import Endpoint
 from gateway.promote.caller import ChatCaller, Reply
 from gateway.promote.dataset import Case
 from gateway.promote.judge import judge
 from gateway.promote.progress import ProgressBar
-from gateway.promote.scoring import Scored, ScoringSettings, score
+from gateway.promote.scoring import AGREEMENT, Scored, ScoringSettings, agreement, score
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,10 @@ async def run_trials(
     repeats: int,
     progress: ProgressBar | None = None,
     judge_with: JudgeSetup | None = None,
+    references: Mapping[str, str] | None = None,
 ) -> list[Trial]:
+    """Every case against every model, scored; ``references`` (cohort → model) adds ``agreement`` to captured
+    cases once every answer is in (see :func:`with_agreement`)."""
     jobs = [(case, repeat, model) for case in cases for repeat in range(repeats) for model in endpoints]
     results: list[Trial | None] = [None] * len(jobs)
     turns = {model: itertools.count() for model in endpoints}  # round-robin over each model's replicas
@@ -70,4 +73,22 @@ async def run_trials(
             task.cancel()
         if progress is not None:
             progress.close()
-    return [trial for trial in results if trial is not None]
+    trials = [trial for trial in results if trial is not None]
+    return with_agreement(trials, references) if references else trials
+
+
+def with_agreement(trials: Sequence[Trial], references: Mapping[str, str]) -> list[Trial]:
+    """``trials`` with an ``agreement`` outcome on each captured case's answer, against the cohort's reference
+    model's answer to the same case and repeat; the reference's own answers get none (they would agree by
+    definition). Applicability is the case's, so every other model is judged on the same cases."""
+    replies = {(t.case.id, t.repeat, t.model): t.reply for t in trials}
+    out = []
+    for trial in trials:
+        reference = references.get(trial.case.cohort)
+        if trial.case.captured is None or reference is None or trial.model == reference:
+            out.append(trial)
+            continue
+        theirs = replies.get((trial.case.id, trial.repeat, reference))
+        scored = agreement(reference, theirs.answer if theirs else None, trial.reply.answer, trial.reply.error)
+        out.append(replace(trial, outcomes={**trial.outcomes, AGREEMENT: scored}))
+    return out

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from gateway.evals.agreement import compare
 from gateway.evals.answer import FinishedAnswer, ToolCall
 from gateway.evals.evaluators import EVALUATORS, EvalSettings, Verdict
 from gateway.evals.schemas import SchemaCache
@@ -115,6 +116,31 @@ class ToolCallValidCase:
 
     def evaluate(self, case: Case, answer: FinishedAnswer, settings: ScoringSettings) -> Scored:
         return _online("tool_call_valid", answer)
+
+
+class NotTruncatedCase:
+    """Captured cases only (a written case sets its own ``max_tokens`` and expectations): not cut at the token
+    limit, the online ``not_truncated``."""
+
+    name = "not_truncated"
+
+    def applies(self, case: Case) -> bool:
+        return case.captured is not None
+
+    def evaluate(self, case: Case, answer: FinishedAnswer, settings: ScoringSettings) -> Scored:
+        return _online("not_truncated", answer)
+
+
+class NoRefusalCase:
+    """Captured cases the live model answered without refusing (one it refused may rightly be refused again)."""
+
+    name = "no_refusal"
+
+    def applies(self, case: Case) -> bool:
+        return case.captured is not None and case.captured.refused is False
+
+    def evaluate(self, case: Case, answer: FinishedAnswer, settings: ScoringSettings) -> Scored:
+        return _online("no_refusal", answer)
 
 
 class ToolSelection:
@@ -244,9 +270,34 @@ CASE_EVALUATORS: dict[str, CaseEvaluator] = {
         ToolSelection(),
         RefusalCorrect(),
         GroundednessOverlap(),
+        NotTruncatedCase(),
+        NoRefusalCase(),
     )
 }
 """The deterministic offline evaluators by name; the judge's (``groundedness``, ``helpfulness``) are in judge.py."""
+
+AGREEMENT = "agreement"
+REPORTED_ONLY: frozenset[str] = frozenset({AGREEMENT})
+"""Evaluators that are reported but never required by default and never compared with the baselines.
+
+``agreement`` measures closeness to one reference model's answers, and the reference itself has no outcome: a
+baseline cannot be "better" at agreeing with itself, so a candidate-minus-baseline difference means nothing.
+"""
+
+
+def agreement(reference: str, theirs: FinishedAnswer | None, mine: FinishedAnswer | None, error: str | None) -> Scored:
+    """``mine`` against the ``reference`` model's answer to the same case and repeat (gateway.evals.agreement):
+    passes when every check that applies agrees. No reference answer: ``n/a``, it says nothing about this model."""
+    if theirs is None:
+        return Scored("n/a", f"n/a: {reference} gave no answer to compare with")
+    if mine is None:
+        return Scored("fail", f"no answer: {error}")
+    checks = compare(theirs, mine)
+    differ = [check for check, agreed in checks.items() if not agreed]
+    share = (len(checks) - len(differ)) / len(checks) if checks else 1.0
+    if differ:
+        return Scored("fail", f"differs from {reference} on {', '.join(differ)}", share)
+    return Scored("pass", f"agrees with {reference} on {', '.join(checks)}", share)
 
 
 def score(case: Case, answer: FinishedAnswer | None, error: str | None, settings: ScoringSettings) -> dict[str, Scored]:
