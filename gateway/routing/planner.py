@@ -142,13 +142,16 @@ class Planner:
         skip: ModelFilter = no_filter,
         rollouts: RolloutWeights | None = None,
         embedding: bool = False,
+        split_u: float | None = None,
     ) -> Plan:
         """``embedding``: the request is for ``/v1/embeddings``, which only ``kind: embedding`` models serve (and
-        only they); models of the other kind are left out of the attempts, as if the route did not list them."""
+        only they); models of the other kind are left out of the attempts, as if the route did not list them.
+        ``split_u``: a recorded :attr:`Plan.split_u` (``llm-gateway replay``), used instead of the RNG for a split
+        that is not sticky, so a replayed request lands on the arm it took live."""
         route_name, _ = self._policy.route_for(cohort)
         route = self._routes[route_name]
         split_choice: str | None = None
-        split_u: float | None = None
+        chosen_u: float | None = None
         pinned = features.model in self._policy.models
         rollout = route.spec.rollout
         rollout_u: float | None = None
@@ -165,8 +168,11 @@ class Planner:
             ordered = [route.arms[0], *route.fallback]
         else:
             user = features.user
-            split_u = unit_hash(f"sticky:{user}") if route.spec.sticky == "user" and user else self._rng()
-            split_choice = choose_weighted(route.arms, route.cumulative, split_u)
+            if route.spec.sticky == "user" and user:
+                chosen_u = unit_hash(f"sticky:{user}")
+            else:
+                chosen_u = self._rng() if split_u is None else split_u
+            split_choice = choose_weighted(route.arms, route.cumulative, chosen_u)
             ordered = [split_choice, *route.fallback]
         models = self._policy.models
         ordered = [m for m in ordered if m in models and (models[m].kind == "embedding") == embedding] or ordered[:0]
@@ -191,7 +197,7 @@ class Planner:
             attempts=tuple(attempts),
             skipped=tuple(skipped),
             split_choice=split_choice,
-            split_u=split_u,
+            split_u=chosen_u,
             pinned=pinned,
             mirror_to=mirror_to,
             mirror_u=mirror_u,
