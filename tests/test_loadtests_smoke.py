@@ -62,3 +62,19 @@ def test_mirror_overhead_quick(tmp_path: Path) -> None:
     shadows = data["shadow_outcomes"]
     assert shadows.get("ok", 0) > 0, shadows
     assert isinstance(data["verdict"], str)
+
+
+def test_replay_bench_small(tmp_path: Path) -> None:
+    """The replay benchmark on 2,000 records: it runs, and the replay reproduces every synthetic outcome."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "loadtests" / "replay_bench.py"), "--records", "2000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    baseline = next(line for line in result.stdout.splitlines() if line.startswith("in-process, --baseline"))
+    matched, checked = baseline.rsplit("reproduced ", 1)[1].split("/")
+    assert int(checked) > 0 and matched == checked, baseline
