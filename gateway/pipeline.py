@@ -1,5 +1,9 @@
 """The request path, top to bottom: classify → plan → dispatch (with fallback) → relay → evaluate → record.
 
+Classification never waits unless a ``semantic`` cohort rule must see the request's vector to decide (an earlier
+rule matching, or a header, decides without one); then it waits at most that rule's ``timeout_s``, and a slow or
+absent embedder makes the rule false, never the request fail.
+
 Recording is the metrics, the rollout's evidence and, for a sampled share, a capture record (docs/capture.md),
 handed to a writer thread: a request that failed after authentication is recorded too.
 
@@ -23,6 +27,7 @@ from gateway.errors import GatewayError, InvalidRequest, ModelNotFound
 from gateway.evaluate import finish, start_shadows
 from gateway.record import record
 from gateway.relay import relay_stream
+from gateway.routing.cohorts import CohortDecision
 from gateway.routing.features import RequestFeatures
 from gateway.routing.planner import ModelFilter, RolloutWeights
 from gateway.runtime import Gateway
@@ -58,7 +63,9 @@ async def handle(gateway: Gateway, ctx: RequestContext, snapshot: PolicySnapshot
     try:
         authorize(gateway, ctx)
         previous = await previous_response(gateway, ctx)
-        classify_and_plan(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight, previous)
+        if classify(snapshot, ctx).needs_embedding:
+            await classify_semantic(gateway, snapshot, ctx)
+        plan_route(snapshot, ctx, gateway.model_filter, gateway.rollouts.weight, previous)
         allow_cohort(ctx.client_key, ctx.cohort)
         check_route_limits(ctx)
         answer = await with_fallbacks(gateway, ctx, policy)
@@ -157,7 +164,24 @@ def check_route_limits(ctx: RequestContext) -> None:
         raise InvalidRequest(f"max_tokens={asked} is over this route's limit of {limit}", param="max_tokens")
 
 
-def classify_and_plan(
+def classify(snapshot: PolicySnapshot, ctx: RequestContext) -> CohortDecision:
+    """The request's cohort, without waiting; with ``needs_embedding`` set a semantic rule must see the request's
+    vector before the cohort is known (:func:`classify_semantic`)."""
+    model = ctx.body.get("model")
+    if not isinstance(model, str) or not snapshot.knows_model(model):
+        raise ModelNotFound(str(model))
+    features = ctx.features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
+    decision = ctx.decision = snapshot.classifier.classify(features)
+    return decision
+
+
+async def classify_semantic(gateway: Gateway, snapshot: PolicySnapshot, ctx: RequestContext) -> None:
+    """The cohort by the request's vector (cached by text digest); each rule waits at most its ``timeout_s``."""
+    assert ctx.features is not None
+    ctx.decision = await snapshot.classifier.classify_async(ctx.features, gateway.embedder)
+
+
+def plan_route(
     snapshot: PolicySnapshot,
     ctx: RequestContext,
     skip: ModelFilter,
@@ -165,11 +189,8 @@ def classify_and_plan(
     previous: tuple[str, str] | None = None,
 ) -> None:
     """``previous``: the (model, backend) that produced the response this request continues, when known."""
-    model = ctx.body.get("model")
-    if not isinstance(model, str) or not snapshot.knows_model(model):
-        raise ModelNotFound(str(model))
-    features = ctx.features = RequestFeatures(ctx.body, ctx.headers, ctx.client_key.name if ctx.client_key else None)
-    ctx.decision = snapshot.classifier.classify(features)
+    assert ctx.decision is not None and ctx.features is not None
+    features = ctx.features
     endpoint = ENDPOINTS[ctx.endpoint]
     plan = ctx.plan = snapshot.planner.plan(
         ctx.decision.cohort, features, ctx.request_id, skip, rollouts, embedding=endpoint.embedding

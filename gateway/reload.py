@@ -5,6 +5,8 @@ save by rename and Kubernetes ConfigMap updates, which swap a ``..data`` symlink
 ``POST /admin/policy/reload``. Every trigger runs the same checks as ``llm-gateway check``; a valid policy is
 swapped in atomically (in-flight requests finish on the snapshot they started with), an invalid one is rejected
 with its ``file:line:col`` errors, logged, counted and shown in ``GET /admin/policy``, and the old policy stays.
+A valid policy whose ``semantic`` examples cannot be embedded (its embedding model is down, say) is rejected the
+same way, with the rule and the reason.
 
 The file is read, parsed and checked in a worker thread: a large policy costs the event loop nothing. A watch event
 first compares the file's bytes with what was last seen (the policy in force, or the last rejected file), so
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from gateway.policy import LoadedPolicy, PolicyError
 from gateway.policy.loader import parse_policy_bytes, policy_digest, read_policy_bytes
+from gateway.routing.semantic import SemanticLoadError
 
 log = logging.getLogger("gateway.reload")
 
@@ -112,8 +115,8 @@ class PolicyReloader:
                 self._count("loaded")
                 log.warning("policy reloaded (%s): %s -> %s", trigger, current.version, policy.version)
         except Exception as exc:  # a PolicyError, or anything else: the old policy stays and the watcher lives on
-            expected = isinstance(exc, PolicyError)
-            errors = str(exc).splitlines() if expected else [f"{self.path}: reload failed: {exc!r}"]
+            expected = isinstance(exc, PolicyError | SemanticLoadError)
+            errors = self._reasons(exc) if expected else [f"{self.path}: reload failed: {exc!r}"]
             result = ReloadResult("rejected", trigger, current.version, errors=errors)
             self._count("rejected")
             log.error("policy reload (%s) rejected; keeping %s: %s", trigger, current.version, " | ".join(errors))
@@ -121,6 +124,11 @@ class PolicyReloader:
                 log.debug("policy reload failure", exc_info=True)
         self.last = result
         return result
+
+    def _reasons(self, exc: Exception) -> list[str]:
+        if isinstance(exc, SemanticLoadError):  # names the rule by its path in the policy
+            return [f"{self.path}: {exc}"]
+        return str(exc).splitlines()
 
     def start(self, watch: bool = True) -> None:
         if watch:

@@ -3,6 +3,10 @@
 Everything a request needs is reached through one ``Gateway`` instance handed to the app; there are no module
 globals. ``sim://NAME`` backends are simulated vLLM servers started inside this process on loopback ports, so the
 embedded default policy works without a GPU.
+
+A policy's ``semantic`` examples are embedded when it loads (:mod:`gateway.semantic_loading`): a reload whose
+examples cannot be embedded is refused, but at startup an embedder that is not up yet (a vLLM pod still loading)
+does not keep the gateway from serving: its semantic rules stay false until a background retry embeds them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from gateway.policy.loader import LoadedPolicy
 from gateway.policy.schema import PolicySpec
 from gateway.reload import PolicyReloader
 from gateway.rollouts.driver import RolloutDriver
+from gateway.routing.embedders import GatewayEmbedder
+from gateway.routing.embedding import CachedEmbedder, EmbeddingCache
+from gateway.routing.semantic import SemanticRules
+from gateway.semantic_loading import SemanticLoader
 from gateway.sim import ModelProfile, SimProfile, SimServer
 from gateway.snapshot import PolicySnapshot
 from gateway.telemetry.metrics import GatewayMetrics
@@ -62,10 +70,17 @@ class Gateway:
         self.responses = ResponseAffinity()
         self.limiter = self.fleet.limiter()
         self.run_health_checks = run_health_checks
-        self.snapshot = PolicySnapshot.build(policy, rng)
         self.metrics = GatewayMetrics()
+        self.snapshot = PolicySnapshot.build(policy, rng, on_fallthrough=self._fallthrough)
         self.client = UpstreamClient()
         self.registry = BackendRegistry({})
+        self.embedding_cache = EmbeddingCache()
+        self.embedder = CachedEmbedder(
+            GatewayEmbedder(lambda: self.registry, lambda: self.client), self.embedding_cache
+        )
+        """What requests' semantic rules embed their text through (answers cached by text digest)."""
+        self.semantic = SemanticLoader(lambda: self.client, self._resolve, clock)
+        """Embeds policies' examples (startup, reload, and the background retry)."""
         self.sims: dict[str, SimServer] = {}
         self._rng = rng
         self._sim_profile = sim_profile
@@ -84,6 +99,8 @@ class Gateway:
         await self.client.start()
         await self._start_sims(self.snapshot.policy.spec)
         self.registry = BackendRegistry.from_policy(self.snapshot.policy.spec, self._resolve, self._clock)
+        if self.snapshot.semantic_pending:  # before serving; an embedder not up yet: serve, retry in the background
+            await self.semantic.activate(self.snapshot.policy, self._semantic_ready)
         self.metrics.set_policy(self.snapshot.version)
         self.capture.configure(self.snapshot.policy.spec)
         self.metrics.policy_reloads.labels("loaded").inc()
@@ -96,12 +113,22 @@ class Gateway:
         self.reloader.start(watch=self.watch_policy and Path(self.snapshot.policy.path).exists())
 
     async def apply_policy(self, policy: LoadedPolicy) -> None:
-        """Swap in a validated policy; pools, breakers, health and eval state of what still exists are kept."""
+        """Swap in a validated policy; pools, breakers, health and eval state of what still exists are kept.
+
+        Raises :class:`gateway.routing.semantic.SemanticLoadError` (the reload is refused, nothing changes) when
+        the policy's semantic examples cannot be embedded; examples unchanged since the current policy cost no call.
+        """
         spec = policy.spec
-        snapshot = await asyncio.to_thread(PolicySnapshot.build, policy, self._rng)  # regexes compile off the loop
         await self._start_sims(spec)
+        semantic = await self.semantic.prepare(policy, previous=self.snapshot.semantic)
+        build = PolicySnapshot.build
+        snapshot = await asyncio.to_thread(build, policy, self._rng, semantic, self._fallthrough)  # regexes: off loop
         registry = BackendRegistry.from_policy(spec, self._resolve, self._clock, previous=self.registry)
+        old = self.snapshot.policy.spec
         self.snapshot, self.registry = snapshot, registry  # no await in between: requests see both or neither
+        self.semantic.stop_retrying()
+        if self.semantic.embedders_changed(old, spec):
+            self.embedding_cache.clear()  # a name now stands for another model: its old vectors mean nothing
         self.recorder.reconfigure(spec.evals, set(spec.models), {c.name for c in spec.cohorts})
         self.rollouts.reconfigure(spec)
         self.capture.configure(spec)
@@ -109,6 +136,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self.reloader.stop()
+        await self.semantic.close()
         await self.health.stop()
         await self.rollouts.close()
         await self.fleet.close()
@@ -136,6 +164,15 @@ class Gateway:
                 await server.start("127.0.0.1", 0)
                 self.sims[sim_name] = server
                 log.info("embedded simulator sim://%s at %s serving %s", sim_name, server.url, models)
+
+    def _fallthrough(self, cohort: str, reason: str) -> None:
+        self.metrics.classifier_fallthrough.labels(cohort, reason).inc()
+
+    def _semantic_ready(self, policy: LoadedPolicy, rules: SemanticRules) -> None:
+        """``policy``'s examples are embedded (at startup, or by the background retry): if it is still the policy in
+        force, its semantic rules count from the next request on (same version: the policy did not change)."""
+        if self.snapshot.policy is policy:
+            self.snapshot = self.snapshot.with_semantic(rules, self._fallthrough)
 
     def _resolve(self, url: str) -> str:
         if url.startswith("sim://"):

@@ -23,7 +23,7 @@ def open_server_span(tracing: Tracing, ctx: RequestContext) -> None:
 def close_server_span(ctx: RequestContext, status: int) -> None:
     span = ctx.server_span
     if span.is_recording():
-        attributes: dict[str, str | int] = {
+        attributes: dict[str, str | int | float] = {
             "http.request.method": "POST",
             "url.path": ENDPOINTS[ctx.endpoint].path,
             "http.response.status_code": status,
@@ -34,6 +34,9 @@ def close_server_span(ctx: RequestContext, status: int) -> None:
             "gateway.model": ctx.answered_by or "",
             "gateway.attempts": len(ctx.attempts),
         }
+        score = _cohort_score(ctx)
+        if score is not None:
+            attributes["gateway.cohort.score"] = score
         if ctx.fallback is not None:
             attributes["gateway.fallback.reason"] = ctx.fallback.partition(":")[0]
             attributes["gateway.fallback.from"] = ctx.fallback.partition(":")[2]
@@ -41,6 +44,11 @@ def close_server_span(ctx: RequestContext, status: int) -> None:
         if status >= 500 or ctx.stream_error:
             span.set_status(Status(StatusCode.ERROR, ctx.stream_error or f"HTTP {status}"))
     span.end()
+
+
+def _cohort_score(ctx: RequestContext) -> float | None:
+    """The similarity that put the request in its cohort, when a semantic rule did."""
+    return ctx.decision.score if ctx.decision is not None else None
 
 
 def open_attempt_span(tracing: Tracing, ctx: RequestContext, model: str, backend_url: str, number: int) -> Span:
@@ -53,6 +61,7 @@ def open_attempt_span(tracing: Tracing, ctx: RequestContext, model: str, backend
         "server.port": address.port,
         "gateway.requested_model": str(ctx.body.get("model", "")),
         "gateway.cohort": ctx.cohort,
+        "gateway.cohort.score": _cohort_score(ctx),
         "gateway.route": ctx.route,
         "gateway.attempt": number,
         "gateway.policy.version": ctx.policy_version,

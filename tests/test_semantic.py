@@ -284,8 +284,9 @@ def write_policy(directory: Path, text: str) -> LoadedPolicy:
 async def test_examples_file_errors_name_the_file_and_line(
     tmp_path: Path, content: bytes, line: int | None, why: str
 ) -> None:
-    (tmp_path / "ex.txt").write_bytes(content)
+    (tmp_path / "ex.txt").write_text("fine\n")
     loaded = write_policy(tmp_path, policy_text("sim://emb", examples="examples_file: ex.txt"))
+    (tmp_path / "ex.txt").write_bytes(content)  # changed after the policy was loaded (and checked)
     async with DirectEmbedder(loaded.spec) as embedder:
         with pytest.raises(SemanticLoadError) as raised:
             await prepare(loaded, embedder)
@@ -294,9 +295,12 @@ async def test_examples_file_errors_name_the_file_and_line(
 
 
 async def test_an_unreadable_examples_file_is_refused(tmp_path: Path) -> None:
-    os.mkfifo(tmp_path / "fifo.txt")
     for name, why in [("missing.txt", "cannot read examples"), ("fifo.txt", "not a regular file")]:
+        (tmp_path / name).write_text("fine\n")
         loaded = write_policy(tmp_path, policy_text("sim://emb", examples=f"examples_file: {name}"))
+        (tmp_path / name).unlink()  # gone, or a FIFO, after the policy was loaded (and checked)
+        if name == "fifo.txt":
+            os.mkfifo(tmp_path / name)
         with pytest.raises(SemanticLoadError, match=f"^{re.escape(RULE)}: .*{why}"):
             await prepare(loaded, DirectEmbedder(loaded.spec))
 

@@ -15,7 +15,8 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.api.validation import parse_json_object, read_body
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest
-from gateway.routing.explain import explain
+from gateway.routing.cohorts import CohortClassifier
+from gateway.routing.explain import explain_async
 from gateway.runtime import Gateway
 
 
@@ -160,7 +161,8 @@ async def reload_policy(request: Request) -> Response:
 @router.post("/explain")
 async def explain_request(request: Request) -> Response:
     """A request body in; the live routing decision out (current gate, health and breaker states, and each
-    rollout's current weight and state, included)."""
+    rollout's current weight and state, included), with each semantic rule's nearest examples through the
+    gateway's embedder. Explaining is not traffic: its fall-throughs are not counted."""
     gateway: Gateway = request.app.state.gateway
     body = await json_body(request)
     snapshot = gateway.snapshot
@@ -168,11 +170,15 @@ async def explain_request(request: Request) -> Response:
         k.lower(): v for k, v in request.headers.items() if k.lower().startswith("x-") and k.lower() != "x-request-id"
     }
     request_id = request.headers.get("x-request-id", "explain")
-    result = explain(
+    classifier = snapshot.classifier
+    if classifier.has_semantic:  # the same rules and examples, without the fall-through counter
+        classifier = CohortClassifier(snapshot.policy.spec, snapshot.semantic)
+    result = await explain_async(
         snapshot.policy.spec,
-        snapshot.classifier,
+        classifier,
         snapshot.planner,
         body,
+        embedder=gateway.embedder,
         headers=headers,
         request_id=request_id,
         skip=gateway.model_filter,

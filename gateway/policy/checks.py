@@ -11,9 +11,11 @@ import difflib
 import itertools
 import re
 from collections.abc import Iterable, Iterator
+from pathlib import Path as FsPath
 
-from gateway.policy.schema import SOURCES, STICKY_HEADER, Match, PolicySpec, RouteSpec
+from gateway.policy.schema import SOURCES, STICKY_HEADER, Match, PolicySpec, RouteSpec, SemanticSpec
 from gateway.policy.yamlpos import Path
+from gateway.routing.examples import ExamplesError, load_examples
 
 Problem = tuple[Path, str]
 
@@ -31,10 +33,11 @@ def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
     return f"unknown {kind} '{name}'{did_you_mean(name, known)}"
 
 
-def check_policy(policy: PolicySpec) -> list[Problem]:
+def check_policy(policy: PolicySpec, base_dir: str | FsPath | None = None) -> list[Problem]:
+    """``base_dir``: the policy file's directory, where ``examples_file`` paths start; None skips reading them."""
     return [
         *_check_models(policy),
-        *_check_cohorts(policy),
+        *_check_cohorts(policy, base_dir),
         *_check_routes(policy),
         *_check_gates(policy),
         *_check_keys(policy),
@@ -128,7 +131,7 @@ def _check_models(policy: PolicySpec) -> Iterator[Problem]:
         yield ("public_models",), "duplicate public model names"
 
 
-def _check_cohorts(policy: PolicySpec) -> Iterator[Problem]:
+def _check_cohorts(policy: PolicySpec, base_dir: str | FsPath | None) -> Iterator[Problem]:
     seen: set[str] = set()
     defaults = []
     for i, cohort in enumerate(policy.cohorts):
@@ -138,7 +141,7 @@ def _check_cohorts(policy: PolicySpec) -> Iterator[Problem]:
         if cohort.default:
             defaults.append(i)
         if cohort.match is not None:
-            yield from _check_match(cohort.match, ("cohorts", i, "match"), policy)
+            yield from _check_match(cohort.match, ("cohorts", i, "match"), policy, base_dir)
     if not defaults:
         yield ("cohorts",), "exactly one cohort must be 'default: true' (it takes every unmatched request)"
     for extra in defaults[1:]:
@@ -148,7 +151,7 @@ def _check_cohorts(policy: PolicySpec) -> Iterator[Problem]:
         yield ("routes",), f"the default cohort '{name}' needs a route (cohorts without one use it)"
 
 
-def _check_match(match: Match, path: Path, policy: PolicySpec) -> Iterator[Problem]:
+def _check_match(match: Match, path: Path, policy: PolicySpec, base_dir: str | FsPath | None) -> Iterator[Problem]:
     if match.content is not None:
         try:
             re.compile(match.content)
@@ -170,11 +173,32 @@ def _check_match(match: Match, path: Path, policy: PolicySpec) -> Iterator[Probl
         and match.min_prompt_chars > match.max_prompt_chars
     ):
         yield (*path, "min_prompt_chars"), "min_prompt_chars is greater than max_prompt_chars"
+    if match.semantic is not None:
+        yield from _check_semantic(match.semantic, (*path, "semantic"), policy, base_dir)
     for key, children in (("any", match.any), ("all", match.all)):
         for i, child in enumerate(children or ()):
-            yield from _check_match(child, (*path, key, i), policy)
+            yield from _check_match(child, (*path, key, i), policy, base_dir)
     if match.not_ is not None:
-        yield from _check_match(match.not_, (*path, "not"), policy)
+        yield from _check_match(match.not_, (*path, "not"), policy, base_dir)
+
+
+def _check_semantic(
+    spec: SemanticSpec, path: Path, policy: PolicySpec, base_dir: str | FsPath | None
+) -> Iterator[Problem]:
+    """The model is a ``kind: embedding`` model of the policy, and the examples file reads (offline: nothing is
+    embedded here; that happens when the gateway loads the policy)."""
+    embedders = [name for name, model in policy.models.items() if model.kind == "embedding"]
+    model = policy.models.get(spec.model)
+    if model is None:
+        yield (*path, "model"), _unknown("model", spec.model, policy.models)
+    elif model.kind != "embedding":
+        hint = did_you_mean(spec.model, embedders) if embedders else " (the policy has none)"
+        yield (*path, "model"), f"'{spec.model}' is kind: {model.kind}; semantic needs a kind: embedding model{hint}"
+    if spec.examples_file is not None and base_dir is not None:
+        try:
+            load_examples(spec, base_dir)
+        except ExamplesError as exc:
+            yield (*path, "examples_file"), str(exc)
 
 
 def _check_routes(policy: PolicySpec) -> Iterator[Problem]:

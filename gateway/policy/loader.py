@@ -3,7 +3,9 @@
 Loading never half-succeeds: syntax, schema and cross-reference problems are all collected and reported together
 with ``file:line:col``, and the caller (startup or reload) keeps whatever policy it had. Reading and parsing are
 bounded (file size here, YAML expansion and nesting in :mod:`gateway.policy.yamlpos`), so a hostile file costs at
-most a second or so of CPU, which a reload spends off the event loop.
+most a second or so of CPU, which a reload spends off the event loop. A ``semantic`` rule's ``examples_file`` is
+read and checked too (bounded the same way), relative to the policy file's directory; embedding its examples is
+not loading's business (:func:`gateway.routing.semantic.prepare`).
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def _parse(text: str, filename: str, digest: str) -> LoadedPolicy:
         spec = PolicySpec.model_validate(doc.data)
     except ValidationError as exc:
         raise PolicyError(filename, _schema_issues(exc, doc)) from None
-    problems = check_policy(spec)
+    problems = check_policy(spec, FsPath(filename).parent)  # examples files are next to the policy file
     if problems:
         raise PolicyError(filename, [PolicyIssue(p, msg, doc.locate(p)) for p, msg in problems])
     return LoadedPolicy(spec=spec, path=filename, digest=digest)

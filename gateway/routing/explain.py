@@ -1,8 +1,10 @@
 """Explain a routing decision: which cohort (and rule), which route, the attempt order, the rollout and the mirror
-decision.
+decision, and for ``semantic`` rules the nearest examples with their similarities against the threshold.
 
-Shared by ``llm-gateway explain`` (offline, from a file: every rollout at its first step) and ``POST /admin/explain``
-(live: gate and breaker states through the planner's ``skip`` filter, each rollout's current weight and state).
+Shared by ``llm-gateway explain`` (offline, from a file: every rollout at its first step; semantic examples
+embedded by :mod:`gateway.routing.explain_offline`) and ``POST /admin/explain`` (live: gate and breaker states
+through the planner's ``skip`` filter, each rollout's current weight and state, the gateway's embedder and the
+examples of the policy in force).
 """
 
 from __future__ import annotations
@@ -12,12 +14,17 @@ from typing import Any
 
 from gateway.policy.schema import PolicySpec, RouteSpec
 from gateway.rollouts.analysis import RolloutState
-from gateway.routing.cohorts import CohortClassifier, explain_match
+from gateway.routing.cohorts import CohortClassifier, CohortDecision, explain_match
+from gateway.routing.embedding import Embedder
 from gateway.routing.features import RequestFeatures
 from gateway.routing.planner import ModelFilter, Plan, Planner, RolloutWeights, no_filter, rollout_key
 
 KEY_KINDS = {"user": "user", "key": "api_key", "header": "header", "request": "request id"}
 """The prefix of :func:`rollout_key` → what this request's rollout assignment hashed (never the value itself)."""
+
+
+EXPLAIN_EMBED_TIMEOUT_S = 5.0
+"""How long explain waits for the request's vector: an operator waits longer than a request does."""
 
 
 def explain(
@@ -31,14 +38,18 @@ def explain(
     skip: ModelFilter = no_filter,
     rollouts: RolloutWeights | None = None,
     rollout_states: Mapping[tuple[str, str], RolloutState] | None = None,
+    decision: CohortDecision | None = None,
+    semantic: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``rollouts`` and ``rollout_states`` are the live weights and states (``None``: every rollout at its first
-    step, as ``llm-gateway explain`` shows it without a running gateway)."""
-    features = RequestFeatures(body, {k.lower(): v for k, v in (headers or {}).items()})
-    decision = classifier.classify(features)
+    step, as ``llm-gateway explain`` shows it without a running gateway). Without ``decision`` the classifier
+    answers without an embedder (semantic rules false); :func:`explain_async` asks one."""
+    features = request_features(body, headers)
+    if decision is None:
+        decision = classifier.classify(features)
     cohort = next(c for c in policy.cohorts if c.name == decision.cohort)
     if cohort.match is not None:
-        rule = f"{decision.rule} {cohort.name}: " + ", ".join(explain_match(cohort.match, features))
+        rule = f"{decision.rule} {cohort.name}: " + ", ".join(explain_match(cohort.match, features, decision))
     else:
         rule = f"default cohort {cohort.name} (no earlier cohort matched)"
     plan = planner.plan(decision.cohort, features, request_id, skip, rollouts)
@@ -62,7 +73,51 @@ def explain(
         "sticky": route.sticky,
         "rollout": _rollout(route, plan, features, request_id, rollout_states),
         "mirror": mirror,
+        "semantic": semantic or [],
     }
+
+
+async def explain_async(
+    policy: PolicySpec,
+    classifier: CohortClassifier,
+    planner: Planner,
+    body: dict[str, Any],
+    *,
+    embedder: Embedder,
+    headers: dict[str, str] | None = None,
+    request_id: str = "explain",
+    skip: ModelFilter = no_filter,
+    rollouts: RolloutWeights | None = None,
+    rollout_states: Mapping[tuple[str, str], RolloutState] | None = None,
+) -> dict[str, Any]:
+    """:func:`explain` with the semantic rules evaluated through ``embedder`` (give it a
+    :class:`gateway.routing.embedding.CachedEmbedder`: the vector the report fetches then decides the cohort too,
+    so the two agree). ``semantic`` lists every semantic condition: its nearest examples, similarity, threshold."""
+    semantic: list[dict[str, Any]] | None = None
+    decision = None
+    if classifier.has_semantic:
+        features = request_features(body, headers)
+        semantic = await classifier.explain_semantic(features, embedder, timeout_s=EXPLAIN_EMBED_TIMEOUT_S)
+        decision = classifier.classify(features)
+        if decision.needs_embedding:
+            decision = await classifier.classify_async(features, embedder)
+    return explain(
+        policy,
+        classifier,
+        planner,
+        body,
+        headers=headers,
+        request_id=request_id,
+        skip=skip,
+        rollouts=rollouts,
+        rollout_states=rollout_states,
+        decision=decision,
+        semantic=semantic,
+    )
+
+
+def request_features(body: dict[str, Any], headers: dict[str, str] | None) -> RequestFeatures:
+    return RequestFeatures(body, {k.lower(): v for k, v in (headers or {}).items()})
 
 
 def _why(plan: Plan, model: str, requested: str) -> str:
@@ -135,7 +190,35 @@ def render_text(result: dict[str, Any]) -> str:
     else:
         verdict = f"yes → {', '.join(mirror['to'])}" if mirror["sampled"] else "no"
         lines.append(f"mirror:   {verdict}  (sample={mirror['sample']}, u={mirror['u']})")
+    lines.extend(_render_semantic(result.get("semantic") or []))
     return "\n".join(lines)
+
+
+EXAMPLE_CHARS = 72
+"""Examples are cut to this many characters in the text output (the JSON has them whole)."""
+
+
+def _render_semantic(reports: list[dict[str, Any]]) -> list[str]:
+    """Each semantic condition: where it is, its verdict against the threshold, and its nearest examples."""
+    if not reports:
+        return []
+    lines = ["semantic: (nearest examples by cosine similarity; a condition holds at >= its threshold)"]
+    for report in reports:
+        head = f"  {report['path']}  {report['cohort']}  model={report['model']} text={report['text']}"
+        threshold = report["threshold"]
+        if report["reason"] is not None:
+            lines.append(f"{head}: not evaluated ({report['reason']}): false")
+        elif report["similarity"] is None:
+            lines.append(f"{head}: no text to compare: false")
+        else:
+            verdict = "holds" if report["held"] else "does not hold"
+            sign = ">=" if report["held"] else "<"
+            lines.append(f"{head}: {report['similarity']:.3f} {sign} {threshold:g}, {verdict}")
+        for near in report["nearest"]:
+            example = near["example"]
+            shown = example if len(example) <= EXAMPLE_CHARS else example[: EXAMPLE_CHARS - 1] + "…"
+            lines.append(f"      {near['similarity']:.3f}  {shown}")
+    return lines
 
 
 def _render_rollout(rollout: dict[str, Any]) -> str:

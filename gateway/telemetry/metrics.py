@@ -144,6 +144,13 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.classifier_fallthrough = Counter(
+            p + "classifier_fallthrough_total",
+            "Semantic cohort conditions taken as false because the request's vector or the rule's examples could not "
+            "be had, by the condition's cohort and reason (timeout, error, unavailable, examples_unavailable).",
+            ["cohort", "reason"],
+            registry=r,
+        )
         self.policy_info = Gauge(p + "policy_info", "The policy in force (value 1).", ["version"], registry=r)
         self.policy_reloads = Counter(p + "policy_reloads", "Policy loads by outcome.", ["outcome"], registry=r)
         self.rollout_weight = Gauge(
