@@ -117,6 +117,7 @@ bench-peers:
 
 bench: $(STAMP) bench-tools bench-nginx bench-peers redis-tools
 	$(BIN)/python loadtests/overhead.py $(BENCH_ARGS)
+	$(BIN)/python loadtests/semantic_overhead.py  # a semantic cohort rule's cost, cache cold and warm (~50 s)
 
 # CI runs the benchmark's smoke test (tests/test_bench_smoke.py), which needs wrk and redis-server (redis-tools).
 test: $(if $(CI),bench-tools)

@@ -1,5 +1,6 @@
-"""``llm-gateway``: serve, check, explain, sim, schema, eval, rollout (see docs/architecture.md). Wires the parts
-together; no logic of its own."""
+"""``llm-gateway``: serve, check, explain, sim, schema, eval, rollout, replay, cohorts (see docs/architecture.md).
+Wires the
+parts together; no logic of its own."""
 
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ import uvicorn
 import uvloop
 
 from gateway.api.server import ConnectionLimits, ListenError, listen, server_config
+from gateway.calibrate.options import add_parser as add_cohorts_parser
 from gateway.fleet import StateUrlError, open_state
 from gateway.policy import PolicyError, load_policy
 from gateway.promote.options import add_eval_arguments
 from gateway.rollouts.cli import add_rollout_arguments, run_rollout
 
 DESCRIPTION = (
-    "An OpenAI-compatible LLM gateway: serve, check, explain, sim, schema, eval, rollout (see docs/architecture.md)."
+    "An OpenAI-compatible LLM gateway: serve, check, explain, sim, schema, eval, rollout, replay, cohorts "
+    "(see docs/architecture.md)."
 )
 
 
@@ -90,8 +93,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     commands.add_parser("schema", help="print the JSON Schema of policy files (for editors)")
 
+    replay = commands.add_parser("replay", help="the routing diff of a policy change on captured traffic")
+    replay.add_argument("captures", nargs="+", metavar="CAPTURE", help="capture files (JSONL, or gzip-compressed)")
+    replay.add_argument("--policy", required=True, metavar="NEW", help="the policy to replay the requests under")
+    replay.add_argument("--baseline", metavar="OLD", help="compare with this policy (default: what happened live)")
+    replay.add_argument("--json", action="store_true", help="machine-readable output")
+    replay.add_argument(
+        "--max-changed",
+        type=_fraction,
+        metavar="FRACTION",
+        help="exit 1 when more than this share of the requests (0 to 1) changes cohort, first model or error",
+    )
+
     add_eval_arguments(commands.add_parser("eval", help="promotion gate: a candidate against its sources per cohort"))
     add_rollout_arguments(commands.add_parser("rollout", help="a running gateway's progressive rollouts (admin API)"))
+    add_cohorts_parser(commands)
 
     args = parser.parse_args(argv)
     handlers = {
@@ -100,8 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain": _explain,
         "sim": _sim,
         "schema": _schema,
+        "replay": _replay,
         "eval": _eval,
         "rollout": run_rollout,
+        "cohorts": _cohorts,
     }
     handler = handlers[args.command]
     return handler(args)
@@ -118,6 +136,16 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a share from 0 to 1, got {text}")
+    return value
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -215,8 +243,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from gateway.routing.explain import explain, render_text
-    from gateway.snapshot import PolicySnapshot
+    from gateway.routing.explain import render_text
+    from gateway.routing.explain_offline import explain_offline
 
     try:
         policy = load_policy(args.policy)
@@ -233,15 +261,10 @@ def _explain(args: argparse.Namespace) -> int:
         print(f"{args.request}: the request body must be a JSON object", file=sys.stderr)
         return 2
     headers = dict(h.split(":", 1) for h in args.header if ":" in h)
-    snapshot = PolicySnapshot.build(policy)
-    result = explain(
-        policy.spec,
-        snapshot.classifier,
-        snapshot.planner,
-        body,
-        headers={k.strip(): v.strip() for k, v in headers.items()},
-        request_id=args.request_id,
-    )
+    stripped = {k.strip(): v.strip() for k, v in headers.items()}
+    result, warning = asyncio.run(explain_offline(policy, body, headers=stripped, request_id=args.request_id))
+    if warning is not None:  # still exit 0: the answer is what a gateway without its embedder would do
+        print(f"llm-gateway explain: semantic rules taken as false: {warning}", file=sys.stderr)
     print(json.dumps(result, indent=2) if args.json else render_text(result))
     return 0
 
@@ -257,6 +280,18 @@ def _eval(args: argparse.Namespace) -> int:
     from gateway.promote.command import run_eval
 
     return run_eval(args)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from gateway.replay.command import run_replay
+
+    return run_replay(args)
+
+
+def _cohorts(args: argparse.Namespace) -> int:
+    from gateway.calibrate.command import run
+
+    return run(args)
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -78,3 +78,13 @@ def test_replay_bench_small(tmp_path: Path) -> None:
     baseline = next(line for line in result.stdout.splitlines() if line.startswith("in-process, --baseline"))
     matched, checked = baseline.rsplit("reproduced ", 1)[1].split("/")
     assert int(checked) > 0 and matched == checked, baseline
+
+
+@pytest.mark.slow
+def test_semantic_overhead_quick(tmp_path: Path) -> None:
+    data = run_quick("semantic_overhead.py", tmp_path)
+    for scenario in data["scenarios"].values():
+        assert {"plain", "semantic-cold", "semantic-warm", "semantic-skipped"} <= set(scenario["variants"])
+        calls = scenario["embedding_calls"]
+        assert calls["semantic-cold"] > 0 and calls["semantic-warm"] == 0 and calls["semantic-skipped"] == 0, calls
+    assert "semantic-cold p50" in data["verdict"]
