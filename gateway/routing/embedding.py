@@ -99,6 +99,10 @@ class CachedEmbedder:
         self.inner = inner
         self.cache = cache if cache is not None else EmbeddingCache()
 
+    def cached(self, model: str, text: str) -> Vector | None:
+        """The vector already known for ``text``: a caller can use it without scheduling a fetch."""
+        return self.cache.get(model, text)
+
     async def embed(self, model: str, texts: Sequence[str], timeout_s: float) -> list[Vector]:
         found = [self.cache.get(model, text) for text in texts]
         missing = list(dict.fromkeys(t for t, v in zip(texts, found, strict=True) if v is None))

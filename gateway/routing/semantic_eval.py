@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.routing.embedding import Embedder, EmbeddingUnavailable, Vector
+from gateway.routing.embedding import CachedEmbedder, Embedder, EmbeddingUnavailable, Vector
 from gateway.routing.features import RequestFeatures
 from gateway.routing.semantic import SemanticIndex, SemanticRule, request_text
 
@@ -55,7 +55,7 @@ class LeafOutcome:
 
 @dataclass
 class _Fetch:
-    task: asyncio.Task[list[Vector]]
+    task: asyncio.Future[list[Vector]]
     started: float
 
 
@@ -105,11 +105,19 @@ class Evaluation:
         for leaf in leaves:
             key = (leaf.rule.spec.model, request_text(self.features, leaf.rule.spec.text))
             budgets[key] = max(budgets.get(key, 0.0), leaf.rule.spec.timeout_s)
+        cached = embedder.cached if isinstance(embedder, CachedEmbedder) else None
         for key, budget in budgets.items():
-            if key not in self._fetches:
-                task = asyncio.ensure_future(embedder.embed(key[0], [key[1]], budget))
-                task.add_done_callback(_retrieve)
-                self._fetches[key] = _Fetch(task, loop.time())
+            if key in self._fetches:
+                continue
+            known = cached(*key) if cached is not None else None
+            if known is not None:  # a warm cache: an answered future, no task to schedule and wait for
+                done: asyncio.Future[list[Vector]] = loop.create_future()
+                done.set_result([known])
+                self._fetches[key] = _Fetch(done, loop.time())
+                continue
+            task = asyncio.ensure_future(embedder.embed(key[0], [key[1]], budget))
+            task.add_done_callback(_retrieve)
+            self._fetches[key] = _Fetch(task, loop.time())
         for leaf in leaves:
             spec = leaf.rule.spec
             fetch = self._fetches[(spec.model, request_text(self.features, spec.text))]
@@ -118,7 +126,7 @@ class Evaluation:
                 await asyncio.wait((fetch.task,), timeout=left)
             await self._score(leaf, fetch.task)
 
-    async def _score(self, leaf: SemanticLeaf, task: asyncio.Task[list[Vector]]) -> None:
+    async def _score(self, leaf: SemanticLeaf, task: asyncio.Future[list[Vector]]) -> None:
         if not task.done():
             self._settle(leaf, False, reason="timeout")
             return
