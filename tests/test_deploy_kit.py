@@ -40,6 +40,8 @@ REQUIRED_ALERTS = {
     "MirrorDisagreementHigh",
     "LLMGatewayStateBackendDown",
     "RolloutRolledBack",
+    "SemanticCohortFallthrough",
+    "CaptureRecordsLost",
 }
 # What the dashboard must show (README.md, Telemetry); histograms are read through their buckets.
 REQUIRED_DASHBOARD_METRICS = {
