@@ -15,22 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.policy.checks import did_you_mean
+from gateway.promote.dataset import DatasetError, parse_strict_line
 from gateway.routing.features import RequestFeatures
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
 """A labeled set is read whole; past this it is refused unread (a few hundred thousand requests fit)."""
 
 
-class LabeledError(Exception):
+class LabeledError(DatasetError):
     """A labeled set that must not be used; ``str()`` is ``FILE:LINE: message`` (``FILE: message`` for the file)."""
-
-    def __init__(self, path: str, line: int, message: str) -> None:
-        self.path, self.line, self.message = path, line, message
-        super().__init__(f"{path}:{line}: {message}" if line else f"{path}: {message}")
 
 
 class _Line(BaseModel):
@@ -77,30 +72,7 @@ def load_labeled(path: str | Path, cohorts: Iterable[str]) -> list[LabeledReques
 
 
 def _parse_line(name: str, number: int, raw: str, cohorts: list[str]) -> LabeledRequest:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise LabeledError(name, number, f"not a JSON line: {exc}") from None
-    if not isinstance(data, dict):
-        raise LabeledError(name, number, 'a line is a JSON object: {"request": {...}, "cohort": "..."}')
-    try:
-        line = _Line.model_validate(data)
-    except ValidationError as exc:
-        raise LabeledError(name, number, _first_error(exc)) from None
-    if line.cohort not in cohorts:
-        hint = did_you_mean(line.cohort, cohorts)
-        raise LabeledError(name, number, f"cohort: unknown cohort '{line.cohort}'{hint}")
+    shape = 'a line is a JSON object: {"request": {...}, "cohort": "..."}'
+    line = parse_strict_line(_Line, name, number, raw, cohorts, LabeledError, shape)
     headers = {key.lower(): value for key, value in line.headers.items()}
     return LabeledRequest(number, line.cohort, RequestFeatures(line.request, headers, line.api_key))
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"])
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif error["type"] == "missing":
-        message = "missing required key"
-    else:
-        message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{where}: {message}" if where else message

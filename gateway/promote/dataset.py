@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -148,26 +148,50 @@ def load_dataset(path: str | Path, cohorts: Iterable[str]) -> list[Case]:
 
 
 def _parse_line(name: str, number: int, raw: str, cohorts: list[str]) -> Case:
+    line = parse_strict_line(_Line, name, number, raw, cohorts, DatasetError, "a case is a JSON object")
+    return _case(line, number)
+
+
+StrictLine = TypeVar("StrictLine", bound=BaseModel)
+
+
+def parse_strict_line(
+    model: type[StrictLine],
+    name: str,
+    number: int,
+    raw: str,
+    cohorts: list[str],
+    error: type[DatasetError],
+    not_object: str,
+) -> StrictLine:
+    """One JSONL line validated strictly as ``model``, whose ``cohort`` must be one of ``cohorts``; any problem
+    raises ``error`` as ``FILE:LINE: message`` (shared by the eval dataset and the calibration set)."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise DatasetError(name, number, f"not a JSON line: {exc}") from None
+        raise error(name, number, f"not a JSON line: {exc}") from None
     if not isinstance(data, dict):
-        raise DatasetError(name, number, "a case is a JSON object")
+        raise error(name, number, not_object)
     try:
-        line = _Line.model_validate(data)
+        line = model.model_validate(data)
     except ValidationError as exc:
-        raise DatasetError(name, number, _first_error(exc)) from None
-    if line.cohort not in cohorts:
-        hint = did_you_mean(line.cohort, cohorts)
-        raise DatasetError(name, number, f"cohort: unknown cohort '{line.cohort}'{hint}")
-    return _case(line, number)
+        raise error(name, number, _first_error(exc)) from None
+    cohort = getattr(line, "cohort", None)
+    if cohort not in cohorts:
+        hint = did_you_mean(str(cohort), cohorts)
+        raise error(name, number, f"cohort: unknown cohort '{cohort}'{hint}")
+    return line
 
 
 def _first_error(exc: ValidationError) -> str:
     error = exc.errors(include_url=False)[0]
     where = ".".join(str(part) for part in error["loc"])
-    message = "unknown key" if error["type"] == "extra_forbidden" else str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "missing required key"
+    else:
+        message = str(error["msg"]).removeprefix("Value error, ")
     return f"{where}: {message}" if where else message
 
 
